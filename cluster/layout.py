@@ -1,0 +1,41 @@
+"""Where a cluster keeps its znodes. Every path the cluster uses is named here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterPaths:
+    cluster: str
+
+    @property
+    def base(self) -> str:
+        return f"/taskman/{self.cluster}"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.base}/nodes"
+
+    @property
+    def claims(self) -> str:
+        return f"{self.base}/claims"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.base}/leader"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.nodes}/{node_id}"
+
+    def claim(self, task_id: int, attempt: int) -> str:
+        # One znode per attempt: a reclaimed attempt's znode can never be mistaken
+        # for (or deleted in place of) the next attempt's.
+        return f"{self.claims}/{claim_name(task_id, attempt)}"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.nodes, self.claims, self.leader)
+
+
+def claim_name(task_id: int, attempt: int) -> str:
+    return f"{task_id}.{attempt}"

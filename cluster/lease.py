@@ -1,0 +1,76 @@
+"""Claims and fencing tokens.
+
+A claim is an ephemeral znode ``claims/<task>.<attempt>``. ZooKeeper lets one
+session create it; the others get NodeExistsError. Its creation zxid (czxid) is
+the fencing token: zxids are totally ordered across the ensemble and only grow,
+across leader elections too (the epoch is the high 32 bits), so every later
+claim of a task has a larger token than every earlier one.
+
+The claim lives as long as the owner's session: if the owner dies, ZooKeeper
+deletes it, and the leader's reaper sees a running task without a claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import structlog
+from kazoo.client import KazooClient
+from kazoo.exceptions import NodeExistsError, NoNodeError
+from taskman.cluster.layout import ClusterPaths
+from taskman.cluster.zk import wait
+
+log = structlog.get_logger("taskman.cluster")
+
+
+class ClaimLease:
+    def __init__(self, client: KazooClient, paths: ClusterPaths, node_id: str) -> None:
+        self.client = client
+        self.paths = paths
+        self.node_id = node_id
+
+    def acquire(self, task_id: int, attempt: int) -> int | None:
+        """Claim one attempt; its fencing token, or None if another node holds it."""
+        path = self.paths.claim(task_id, attempt)
+        for _ in range(2):
+            try:
+                _, stat = wait(
+                    self.client.create_async(
+                        path, self.node_id.encode(), ephemeral=True, include_data=True
+                    )
+                )
+                return int(stat.czxid)
+            except NodeExistsError:
+                if not self._drop_own_leftover(path):
+                    return None
+        return None
+
+    def _drop_own_leftover(self, path: str) -> bool:
+        # A create that timed out on our side may still have succeeded: that claim is
+        # ours but no database row backs it. Delete it and try again.
+        try:
+            _data, stat = wait(self.client.get_async(path))
+        except NoNodeError:
+            return True
+        client_id = self.client.client_id
+        if client_id is None or stat.ephemeralOwner != client_id[0]:
+            return False
+        log.info("claim.leftover_dropped", path=path)
+        self.release_path(path)
+        return True
+
+    def release(self, task_id: int, attempt: int) -> None:
+        """Drop a claim after its outcome is recorded (never before)."""
+        self.release_path(self.paths.claim(task_id, attempt))
+
+    def release_path(self, path: str) -> None:
+        with contextlib.suppress(NoNodeError):
+            wait(self.client.delete_async(path))
+
+    def live_claims(self) -> set[str]:
+        """Names (``<task>.<attempt>``) of every claim whose owner's session is alive."""
+        return set(wait(self.client.get_children_async(self.paths.claims)))
+
+    def token_of(self, task_id: int, attempt: int) -> int | None:
+        stat = wait(self.client.exists_async(self.paths.claim(task_id, attempt)))
+        return None if stat is None else int(stat.czxid)

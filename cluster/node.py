@@ -1,0 +1,591 @@
+"""The node: claim tasks through ZooKeeper, run each attempt in a runner, record outcomes, fenced.
+
+One thread runs the loop below; runners report through one event queue; a
+second thread contends for leadership and runs the reaper while it leads.
+
+The node fences itself. With no confirmed ZooKeeper round trip for half the
+session timeout (``self_fence_after``), or when its session ends, it stops
+claiming and kills its runners: by then another node may be about to reclaim
+their tasks. It also stops pinging its runners once ZooKeeper goes quiet, and a
+runner that hears nothing for ``runner_watchdog`` kills itself, so even a node
+frozen by SIGSTOP leaves nothing running when its session expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from typing import Any
+
+import structlog
+from kazoo.exceptions import KazooException
+from taskman.cluster import membership
+from taskman.cluster.attempts import (
+    ActiveAttempt,
+    Ending,
+    ending_from_exit,
+    ending_from_message,
+    failure_ending,
+)
+from taskman.cluster.election import LeaderElection
+from taskman.cluster.layout import ClusterPaths
+from taskman.cluster.lease import ClaimLease
+from taskman.cluster.reaper import Reaper
+from taskman.cluster.zk import SessionMonitor, connect, wait
+from taskman.config import NodeConfig
+from taskman.plugins import Plugin, PluginRegistry
+from taskman.runner import Runner, RunnerEvent, RunnerSpec, describe_exit
+
+import taskman
+from taskman.errors import (
+    CoordinationError,
+    PluginError,
+    RunnerError,
+    SchemaError,
+    StoreError,
+    TaskmanError,
+)
+from taskman.states import Outcome, TaskState
+from taskman.store import Candidate, Database, TaskStore
+from taskman.store.migrations import applied_versions, latest_version
+
+log = structlog.get_logger("taskman.node")
+REAP_INTERVAL = 0.5
+RUNNER_SILENCE_LIMIT = 60.0  # a child whose heartbeat thread is silent this long is hung
+
+
+class Node:
+    def __init__(self, config: NodeConfig, registry: PluginRegistry | None = None) -> None:
+        self.config = config
+        self.paths = ClusterPaths(config.cluster)
+        self.registry = registry or PluginRegistry.scan(config.plugin_dirs)
+        self.events: queue.Queue[RunnerEvent] = queue.Queue()
+        self.active: dict[int, ActiveAttempt] = {}
+        self.unrecorded: list[tuple[ActiveAttempt, Ending]] = []
+        self.log = log.bind(node=config.node_id, datacenter=config.datacenter)
+        self.counters: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._drain_deadline: float | None = None
+        self._fenced_episode = False
+        self._last_db_ok = time.monotonic()
+        self.leftover_claims: list[tuple[int, int]] = []
+        self.is_leader = False
+        self.started = threading.Event()
+        self._guard_done = threading.Event()
+        self._leader_done = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------
+    def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop claiming; with ``drain`` let running attempts finish for up to ``timeout`` s.
+
+        Attempts still running after that are stopped and go back to the queue.
+        """
+        deadline = time.monotonic() + (timeout if drain else 0.0)
+        if self._drain_deadline is None or deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+        self._stopping.set()
+
+    def run(self) -> None:
+        self._start()
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _start(self) -> None:
+        self.store = TaskStore(Database(self.config.dsn))
+        versions = applied_versions(self.store.db)
+        if not versions or max(versions) < latest_version():
+            raise SchemaError(
+                f"the database schema is at version {max(versions, default=0)}, this node needs "
+                f"{latest_version()}: run `taskman db migrate`"
+            )
+        self.zk = connect(self.config.zookeeper, self.config.session_timeout)
+        for path in self.paths.all():
+            wait(self.zk.ensure_path_async(path))
+        self.monitor = SessionMonitor(self.zk, self.paths.nodes, self.config.session_timeout)
+        self.monitor.start()
+        self.lease = ClaimLease(self.zk, self.paths, self.config.node_id)
+        membership.register(
+            self.zk,
+            self.paths,
+            self.config.node_id,
+            self._member_info(),
+            wait_for=self.config.session_timeout * 2,
+        )
+        self._leader_thread = threading.Thread(target=self._lead, name="leader", daemon=True)
+        self._leader_thread.start()
+        self._guard_thread = threading.Thread(target=self._guard, name="guard", daemon=True)
+        self._guard_thread.start()
+        for problem in self.registry.problems:
+            self.log.error("plugin.rejected", problem=problem)
+        self.log.info(
+            "node.started",
+            plugins=self.registry.available(),
+            slots=self.config.slots,
+            session_timeout=self.config.session_timeout,
+        )
+        self.started.set()
+
+    def _member_info(self) -> dict[str, Any]:
+        return {
+            "node_id": self.config.node_id,
+            "datacenter": self.config.datacenter,
+            "slots": self.config.slots,
+            "plugins": self.registry.available(),
+            "taskman_version": taskman.__version__,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": time.time(),
+        }
+
+    def _shutdown(self) -> None:
+        self._guard_done.set()
+        self._leader_done.set()
+        self.monitor.stop()
+        with contextlib.suppress(KazooException, CoordinationError):
+            membership.unregister(self.zk, self.paths, self.config.node_id)
+        self._leader_thread.join(timeout=5)
+        try:
+            self.zk.stop()
+            self.zk.close()
+        except KazooException:
+            pass
+        self.store.close()
+        self.log.info("node.stopped", counters=self.counters)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # -- the loop --------------------------------------------------------------
+    def _loop(self) -> None:
+        cfg = self.config
+        next_heartbeat = next_poll = 0.0
+        while True:
+            self._drain_events(timeout=0.05)
+            now = time.monotonic()
+            self._check_session()
+            if now >= next_heartbeat:
+                next_heartbeat = now + cfg.heartbeat_interval
+                self._heartbeat(now)
+                self._retry_unrecorded()
+            self._enforce_limits(now)
+            if self._stopping.is_set():
+                if self._drain_deadline is not None and now >= self._drain_deadline:
+                    self._give_up_all("the node is shutting down")
+                if not self.active:
+                    return
+                continue
+            if now >= next_poll and self._may_claim():
+                claimed, wanted = self._claim()
+                # A full batch means more work is waiting: look again at once.
+                next_poll = now if claimed and claimed == wanted else now + cfg.poll_interval
+
+    def _may_claim(self) -> bool:
+        return (
+            len(self.active) < self.config.slots
+            and not self._fenced_episode
+            and self.monitor.healthy(within=self.config.session_timeout / 3)
+        )
+
+    def _drain_events(self, timeout: float) -> None:
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._handle(event)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    # -- session and self-fencing ---------------------------------------------------
+    def _guard(self) -> None:
+        """Its own thread, so a main loop blocked on the database cannot delay self-fencing.
+
+        It pings the runners only while ZooKeeper answers, and kills them all once
+        contact has been lost for ``self_fence_after``.
+        """
+        cfg = self.config
+        ping_every = min(cfg.heartbeat_interval, cfg.runner_watchdog / 4)
+        next_ping = 0.0
+        while not self._guard_done.is_set():
+            lost = self.monitor.lost.is_set()
+            silence = self.monitor.silence()
+            if lost or silence > cfg.self_fence_after:
+                if not self._fenced_episode:
+                    self._fenced_episode = True
+                    self._count("self_fenced")
+                    self.log.error(
+                        "node.self_fenced",
+                        reason="session lost"
+                        if lost
+                        else f"no ZooKeeper contact for {silence:.1f} s",
+                        runners=len(self.active),
+                    )
+                for active in list(self.active.values()):
+                    if active.stop_reason is not Outcome.FENCED:
+                        active.stop_reason = Outcome.FENCED
+                        active.runner.kill()
+            elif time.monotonic() >= next_ping:
+                next_ping = time.monotonic() + ping_every
+                if silence < cfg.session_timeout / 4:
+                    for active in list(self.active.values()):
+                        active.runner.ping()
+            self._guard_done.wait(0.05)
+
+    def _check_session(self) -> None:
+        if self.monitor.lost.is_set():
+            self._rejoin_if_needed()
+        elif self._fenced_episode and self.monitor.healthy(within=self.config.session_timeout / 3):
+            self._fenced_episode = False
+            self.log.info("node.session_restored")
+
+    def _rejoin_if_needed(self) -> None:
+        """After a new session: rejoin once every runner of the old session is gone."""
+        if self.active or self.monitor.silence() > 1.0:
+            return
+        try:
+            membership.register(
+                self.zk,
+                self.paths,
+                self.config.node_id,
+                self._member_info(),
+                wait_for=self.config.session_timeout * 2,
+            )
+        except (KazooException, CoordinationError) as exc:
+            self.log.warning("node.rejoin_failed", error=str(exc))
+            return
+        self.monitor.lost.clear()
+        self._fenced_episode = False
+        self.log.info("node.rejoined", session=self.monitor.session_id)
+
+    def _release(self, task_id: int, attempt: int) -> None:
+        """Drop a claim after its outcome is recorded; later if ZooKeeper is unreachable now."""
+        self.leftover_claims.append((task_id, attempt))
+        if not self.monitor.healthy(within=self.config.session_timeout / 3):
+            return
+        pending, self.leftover_claims = self.leftover_claims, []
+        for index, (tid, att) in enumerate(pending):
+            try:
+                self.lease.release(tid, att)
+            except (CoordinationError, KazooException) as exc:
+                self.log.warning("claim.release_failed", task_id=tid, error=str(exc))
+                self.leftover_claims.extend(pending[index:])
+                return
+
+    # -- claims ----------------------------------------------------------------
+    def _claim(self) -> tuple[int, int]:
+        free = self.config.slots - len(self.active)
+        try:
+            candidates = self.store.candidates(
+                self.config.datacenter, self.registry.available(), limit=free * 2
+            )
+        except StoreError as exc:
+            self.log.warning("claim.candidates_failed", error=str(exc))
+            return (0, free)
+        if len(candidates) > free:
+            # Nodes that see the same candidates should not all race for the first one.
+            random.shuffle(candidates)
+        claimed = 0
+        for candidate in candidates:
+            if claimed >= free or not self._may_claim():
+                break
+            try:
+                if self._claim_one(candidate):
+                    claimed += 1
+            except (StoreError, CoordinationError, KazooException) as exc:
+                self.log.warning("claim.failed", task_id=candidate.task_id, error=str(exc))
+                break
+        return (claimed, free)
+
+    def _claim_one(self, candidate: Candidate) -> bool:
+        plugin: Plugin | None = None
+        problem: str | None = None
+        try:
+            plugin = self.registry.resolve(candidate.plugin, candidate.plugin_version)
+            if not plugin.allows(candidate.function):
+                problem = (
+                    f"plugin {plugin.name} {plugin.version} does not allow {candidate.function}"
+                )
+        except PluginError as exc:
+            problem = str(exc)
+        attempt = candidate.attempt + 1
+        token = self.lease.acquire(candidate.task_id, attempt)
+        if token is None:
+            self._count("claim_lost_race")
+            return False
+        version = plugin.version if plugin else candidate.plugin_version
+        claim = self.store.claim(
+            candidate.task_id,
+            candidate.attempt,
+            token,
+            self.config.node_id,
+            self.config.datacenter,
+            version or "",
+        )
+        if claim is None:
+            self.lease.release(candidate.task_id, attempt)
+            return False
+        self._count("claimed")
+        self.log.info(
+            "task.claimed",
+            task_id=claim.task_id,
+            attempt=claim.attempt,
+            token=token,
+            function=claim.function,
+            plugin=claim.plugin,
+            version=version,
+        )
+        if plugin is None or problem is not None:
+            ending = Ending(Outcome.REJECTED, TaskState.FAILED, "PluginError", problem)
+            self._finish_without_runner(claim, ending)
+            return True
+        spec = RunnerSpec(
+            task_id=claim.task_id,
+            attempt=claim.attempt,
+            fence=claim.fence,
+            function=claim.function,
+            args=claim.args,
+            kwargs=claim.kwargs,
+            python=plugin.python,
+            sys_path=list(plugin.sys_path),
+            env=dict(plugin.env),
+            cwd=str(plugin.directory),
+            heartbeat_interval=self.config.heartbeat_interval,
+            watchdog_timeout=self.config.runner_watchdog,
+        )
+        runner = Runner(spec, self.events)
+        try:
+            runner.start()
+        except RunnerError as exc:
+            ending = failure_ending(claim, Outcome.CRASHED, "RunnerError", str(exc))
+            self._finish_without_runner(claim, ending)
+            return True
+        deadline = None if claim.timeout is None else time.monotonic() + claim.timeout
+        active = ActiveAttempt(claim=claim, plugin=plugin, runner=runner, deadline=deadline)
+        self.active[claim.task_id] = active
+        if claim.abort_requested:
+            self._stop_runner(active, Outcome.ABORTED)
+        return True
+
+    def _finish_without_runner(self, claim: Any, ending: Ending) -> None:
+        ok = self.store.finish(
+            task_id=claim.task_id,
+            attempt=claim.attempt,
+            fence=claim.fence,
+            outcome=ending.outcome,
+            task_state=ending.state,
+            error_type=ending.error_type,
+            error_message=ending.error_message,
+            retry_delay=ending.retry_delay,
+        )
+        self._log_ending(claim.task_id, claim.attempt, claim.fence, ending, ok)
+        self._release(claim.task_id, claim.attempt)
+
+    # -- runner events ---------------------------------------------------------------
+    def _handle(self, event: RunnerEvent) -> None:
+        active = self.active.get(event.runner.spec.task_id)
+        if active is None or active.runner is not event.runner:
+            return
+        message = event.message
+        kind = message.get("t")
+        if kind == "progress":
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                active.progress = (float(message["fraction"]), str(message.get("message", "")))
+        elif kind in ("result", "error"):
+            if not active.reported:
+                active.reported = True
+                active.final = message
+        elif kind == "exit":
+            self._on_exit(active, message.get("code"))
+
+    def _on_exit(self, active: ActiveAttempt, code: int | None) -> None:
+        claim = active.claim
+        active.runner.kill()  # the process group: stray grandchildren die with the attempt
+        active.runner.close()
+        del self.active[claim.task_id]
+        if active.fenced:
+            self._release(claim.task_id, claim.attempt)
+            return
+        cap = self.config.retry_backoff_max
+        if active.final is not None and active.stop_reason is not Outcome.FENCED:
+            ending = ending_from_message(active, active.final, cap)
+        else:
+            ending = ending_from_exit(active, describe_exit(code), cap)
+        self._record(active, ending)
+
+    def _record(self, active: ActiveAttempt, ending: Ending) -> None:
+        claim = active.claim
+        try:
+            ok = self.store.finish(
+                task_id=claim.task_id,
+                attempt=claim.attempt,
+                fence=claim.fence,
+                outcome=ending.outcome,
+                task_state=ending.state,
+                result_json=ending.result_json,
+                error_type=ending.error_type,
+                error_message=ending.error_message,
+                traceback=ending.traceback,
+                output_tail=active.runner.output_tail(),
+                retry_delay=ending.retry_delay,
+                counts_as_failure=ending.counts_as_failure,
+            )
+        except StoreError as exc:
+            # Keep the claim: releasing it would let the leader re-run finished work.
+            self.log.warning("task.record_failed", task_id=claim.task_id, error=str(exc))
+            self.unrecorded.append((active, ending))
+            return
+        self._log_ending(claim.task_id, claim.attempt, claim.fence, ending, ok)
+        self._release(claim.task_id, claim.attempt)
+
+    def _retry_unrecorded(self) -> None:
+        pending, self.unrecorded = self.unrecorded, []
+        for active, ending in pending:
+            self._record(active, ending)
+
+    def _log_ending(self, task_id: int, attempt: int, fence: int, ending: Ending, ok: bool) -> None:
+        fields = {
+            "task_id": task_id,
+            "attempt": attempt,
+            "token": fence,
+            "outcome": ending.outcome.value,
+        }
+        if not ok:
+            self._count("fenced")
+            self.log.warning("task.fenced", write="outcome", **fields)
+            return
+        if ending.state is TaskState.QUEUED:
+            self._count("retried")
+            self.log.info("task.retry", delay=ending.retry_delay, error=ending.error_type, **fields)
+        else:
+            self._count(ending.state.value)
+            self.log.info(f"task.{ending.state.value}", error=ending.error_type, **fields)
+
+    # -- heartbeats, progress, abort, timeouts -------------------------------------------
+    def _heartbeat(self, now: float) -> None:
+        live = [a for a in self.active.values() if not a.fenced and not a.reported]
+        if not live:
+            self._last_db_ok = now
+            return
+        try:
+            views = self.store.heartbeat([a.key for a in live])
+            for active in live:
+                if active.progress is not None:
+                    fraction, text = active.progress
+                    active.progress = None
+                    if not self.store.progress(
+                        active.claim.task_id, active.claim.fence, fraction, text
+                    ):
+                        self._fence(active, "progress")
+        except StoreError as exc:
+            silent = now - self._last_db_ok
+            self.log.warning("node.heartbeat_failed", error=str(exc), silent_for=round(silent, 1))
+            if silent > self.config.heartbeat_timeout / 2:
+                # The leader will reclaim these attempts soon: stop them first.
+                self._give_up_all("the database has not accepted heartbeats")
+            return
+        self._last_db_ok = now
+        by_id = {view.task_id: view for view in views}
+        for active in live:
+            view = by_id.get(active.claim.task_id)
+            if view is None or view.fence != active.claim.fence or view.state != TaskState.RUNNING:
+                self._fence(active, "heartbeat")
+            elif view.abort_requested and active.stop_reason is None:
+                self._stop_runner(active, Outcome.ABORTED)
+
+    def _fence(self, active: ActiveAttempt, write: str) -> None:
+        if active.fenced:
+            return
+        active.fenced = True
+        active.runner.kill()
+        self._count("fenced")
+        self.log.warning(
+            "task.fenced",
+            write=write,
+            task_id=active.claim.task_id,
+            attempt=active.claim.attempt,
+            token=active.claim.fence,
+        )
+
+    def _stop_runner(self, active: ActiveAttempt, reason: Outcome) -> None:
+        """SIGTERM now (the task may clean up), SIGKILL after the grace period."""
+        active.stop_reason = reason
+        active.kill_at = time.monotonic() + self.config.kill_grace
+        active.runner.request_abort()
+        active.runner.terminate()
+        self.log.info("task.stopping", task_id=active.claim.task_id, reason=reason.value)
+
+    def _enforce_limits(self, now: float) -> None:
+        for active in list(self.active.values()):
+            if active.kill_at is not None and now >= active.kill_at:
+                active.runner.kill()
+                active.kill_at = None
+            elif (
+                active.stop_reason is None
+                and active.deadline is not None
+                and now >= active.deadline
+            ):
+                self._stop_runner(active, Outcome.TIMEOUT)
+            elif (
+                active.stop_reason is None and now - active.runner.last_heard > RUNNER_SILENCE_LIMIT
+            ):
+                self.log.warning("runner.silent", task_id=active.claim.task_id)
+                active.runner.kill()
+
+    def _give_up_all(self, reason: str) -> None:
+        for active in self.active.values():
+            if active.stop_reason is not Outcome.FENCED:
+                self.log.warning("task.given_up", task_id=active.claim.task_id, reason=reason)
+                active.stop_reason = Outcome.FENCED
+                active.runner.kill()
+
+    # -- leadership ------------------------------------------------------------------
+    def _lead(self) -> None:
+        election = LeaderElection(self.zk, self.paths, self.config.node_id)
+        reaper = Reaper(
+            TaskStore(Database(self.config.dsn)),
+            self.lease,
+            self.paths,
+            heartbeat_timeout=self.config.heartbeat_timeout,
+            max_reclaims=self.config.max_reclaims,
+            unrunnable_grace=self.config.unrunnable_grace,
+        )
+        term: int | None = None
+        while not self._leader_done.is_set():
+            if not self.monitor.healthy(within=self.config.session_timeout / 3):
+                if term is not None:
+                    self.log.warning("leader.lost", epoch=term)
+                    term = None
+                    self.is_leader = False
+                    election.resign()
+                time.sleep(0.2)
+                continue
+            epoch = election.try_acquire(timeout=2.0)
+            if epoch is None:
+                if term is not None:
+                    self.log.warning("leader.lost", epoch=term)
+                    term, self.is_leader = None, False
+                continue
+            try:
+                if epoch != term:
+                    if not reaper.take_office(self.config.node_id, epoch):
+                        self.log.warning("leader.superseded", epoch=epoch)
+                        election.resign()
+                        time.sleep(1.0)
+                        continue
+                    term, self.is_leader = epoch, True
+                    self.log.info("leader.elected", epoch=epoch)
+                reaper.reap(epoch)
+            except (TaskmanError, KazooException) as exc:
+                self.log.warning("leader.reap_failed", error=str(exc))
+            time.sleep(REAP_INTERVAL)
+        election.resign()
+        reaper.store.close()

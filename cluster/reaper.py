@@ -1,0 +1,142 @@
+"""The leader's duties: reclaim orphaned attempts, expire overdue tasks, fail unrunnable ones.
+
+Reclaim compares the database with ZooKeeper in this order: read the running
+tasks, then list the live claims. An owner records its outcome before it drops
+its claim, so "running, and its claim is gone" can only mean the owner died.
+Each reclaim is one UPDATE fenced on the old token and guarded by the leader's
+epoch; if it races the owner's own outcome write, one of them matches 0 rows.
+
+Heartbeat timeouts are measured on the leader's own monotonic clock: the reaper
+only compares a task's heartbeat value with the value it saw before, never one
+machine's clock with another's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from taskman.cluster import membership
+from taskman.cluster.layout import ClusterPaths, claim_name
+from taskman.cluster.lease import ClaimLease
+
+from taskman.states import Outcome
+from taskman.store import RunningTask, TaskStore
+
+log = structlog.get_logger("taskman.cluster")
+ROLE = "reaper"
+
+
+@dataclass
+class _Seen:
+    fence: int
+    heartbeat_at: datetime | None
+    since: float
+
+
+@dataclass(frozen=True)
+class ReapReport:
+    node_lost: int = 0
+    heartbeat_lost: int = 0
+    expired: int = 0
+    unrunnable: int = 0
+
+
+class Reaper:
+    def __init__(
+        self,
+        store: TaskStore,
+        lease: ClaimLease,
+        paths: ClusterPaths,
+        *,
+        heartbeat_timeout: float,
+        max_reclaims: int,
+        unrunnable_grace: float,
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.paths = paths
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_reclaims = max_reclaims
+        self.unrunnable_grace = unrunnable_grace
+        self._seen: dict[int, _Seen] = {}
+
+    def forget(self) -> None:
+        """A new term starts from scratch (heartbeat ages are measured from now)."""
+        self._seen.clear()
+
+    def take_office(self, node_id: str, epoch: int) -> bool:
+        self.forget()
+        return self.store.take_leadership(ROLE, epoch, node_id)
+
+    def reap(self, epoch: int) -> ReapReport:
+        running = self.store.running()
+        claims = self.lease.live_claims()  # after the database read: see the module docstring
+        now = time.monotonic()
+        node_lost = heartbeat_lost = 0
+        still_running = set()
+        for task in running:
+            still_running.add(task.task_id)
+            if claim_name(task.task_id, task.attempt) not in claims:
+                reason = f"owner {task.owner} lost its ZooKeeper session"
+                if self._reclaim(task, Outcome.NODE_LOST, reason, epoch):
+                    node_lost += 1
+                continue
+            seen = self._seen.get(task.task_id)
+            if seen is None or seen.fence != task.fence or seen.heartbeat_at != task.heartbeat_at:
+                self._seen[task.task_id] = _Seen(task.fence, task.heartbeat_at, now)
+            elif now - seen.since > self.heartbeat_timeout:
+                reason = (
+                    f"owner {task.owner} holds the claim but wrote no heartbeat for "
+                    f"{self.heartbeat_timeout:.0f} s"
+                )
+                if self._reclaim(task, Outcome.HEARTBEAT_TIMEOUT, reason, epoch):
+                    heartbeat_lost += 1
+                    # The claim is per attempt, so deleting this one can't touch a newer claim.
+                    self.lease.release(task.task_id, task.attempt)
+        for task_id in set(self._seen) - still_running:
+            del self._seen[task_id]
+        expired = self.store.expire_due(role=ROLE, epoch=epoch)
+        if expired:
+            log.info("tasks.expired", count=expired)
+        return ReapReport(node_lost, heartbeat_lost, expired, self._fail_unrunnable(epoch))
+
+    def _reclaim(self, task: RunningTask, outcome: Outcome, reason: str, epoch: int) -> bool:
+        give_up = task.reclaims + 1 > self.max_reclaims
+        done = self.store.reclaim(
+            task, outcome=outcome, reason=reason, give_up=give_up, role=ROLE, epoch=epoch
+        )
+        if done:
+            log.warning(
+                "task.reclaimed",
+                task_id=task.task_id,
+                attempt=task.attempt,
+                token=task.fence,
+                owner=task.owner,
+                outcome=outcome.value,
+                gave_up=give_up,
+            )
+        self._seen.pop(task.task_id, None)
+        return done
+
+    def _fail_unrunnable(self, epoch: int) -> int:
+        served: dict[str, set[str]] = {}
+        for info in membership.members(self.lease.client, self.paths):
+            for name, versions in dict(info.get("plugins", {})).items():
+                served.setdefault(name, set()).update(versions)
+        failed = 0
+        for plugin, version in self.store.queued_plugins():
+            have = served.get(plugin)
+            if have and (version is None or version in have):
+                continue
+            what = f"plugin {plugin!r}" + (f" version {version}" if version else "")
+            message = f"no live node has {what} installed"
+            count = self.store.fail_unrunnable(
+                plugin, version, message, self.unrunnable_grace, role=ROLE, epoch=epoch
+            )
+            if count:
+                log.warning("tasks.unrunnable", plugin=plugin, version=version, count=count)
+            failed += count
+        return failed

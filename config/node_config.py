@@ -1,0 +1,165 @@
+"""A node's configuration: TOML with ``TASKMAN_*`` environment overrides, in a frozen dataclass.
+
+Unknown keys are an error that names the key and the file; so are missing
+required keys and values of the wrong type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from taskman.dsn import parse_dsn
+from taskman.errors import ConfigError
+from taskman.validation import DATACENTER
+
+ENV_PREFIX = "TASKMAN_"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    datacenter: str
+    dsn: str = field(repr=False)  # holds a password
+    zookeeper: str  # the ensemble, "host:port,host:port"
+    plugin_dirs: tuple[Path, ...]
+    slots: int = 4  # concurrent runners
+    session_timeout: float = 6.0  # ZooKeeper session, seconds
+    heartbeat_interval: float = 1.0  # database heartbeat of each running attempt
+    poll_interval: float = 0.5  # how often an idle node looks for work
+    cluster: str = "default"  # ZooKeeper namespace: several clusters may share an ensemble
+    heartbeat_timeout: float = 15.0  # the leader reclaims attempts silent for this long
+    max_reclaims: int = 5  # a task whose owner died this often fails (a node-killing task)
+    unrunnable_grace: float = 300.0  # fail queued tasks no live node can run after this long
+    kill_grace: float = 5.0  # SIGTERM, then SIGKILL after this long (abort, timeout)
+    retry_backoff_max: float = 300.0  # cap of the exponential retry backoff
+    log_level: str = "info"
+    log_format: str = "auto"  # auto (json unless on a terminal), json or console
+
+    @property
+    def runner_watchdog(self) -> float:
+        """A runner that hears nothing from its node for this long kills itself.
+
+        Well inside the session timeout: a paused node's runners are dead before
+        ZooKeeper expires its session and the leader reclaims their tasks.
+        """
+        return max(0.3 * self.session_timeout, 3 * min(self.heartbeat_interval, 0.5))
+
+    @property
+    def self_fence_after(self) -> float:
+        """With no confirmed ZooKeeper contact for this long, the node kills its runners."""
+        return 0.5 * self.session_timeout
+
+    def redacted(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["dsn"] = parse_dsn(self.dsn).redacted()
+        data["plugin_dirs"] = [str(p) for p in self.plugin_dirs]
+        return data
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+REQUIRED = [name for name, f in FIELDS.items() if f.default is dataclasses.MISSING]
+
+
+def load_config(
+    path: str | Path | None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> NodeConfig:
+    """Read ``path`` (optional), then apply ``TASKMAN_<KEY>`` variables, then ``overrides``."""
+    env = os.environ if env is None else env
+    source = str(path) if path else "<environment>"
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text("utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: no such configuration file") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read: {exc}") from None
+        base = file.resolve().parent
+        for key in data:
+            if key not in FIELDS:
+                raise ConfigError(f"{file}: unknown key {key!r}")
+    for name in FIELDS:
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            data[name] = value
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key in data:
+        if key not in FIELDS:
+            raise ConfigError(f"{source}: unknown key {key!r}")
+    missing = [name for name in REQUIRED if name not in data]
+    if missing:
+        raise ConfigError(f"{source}: missing required key {missing[0]!r}")
+    values = {name: _coerce(name, value, source, base) for name, value in data.items()}
+    config = NodeConfig(**values)
+    _check(config, source)
+    return config
+
+
+def _coerce(name: str, value: Any, source: str, base: Path) -> Any:
+    kind = FIELDS[name].type
+    try:
+        if name == "plugin_dirs":
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(
+                isinstance(i, str | Path) for i in items
+            ):
+                raise TypeError("a list of directories")
+            return tuple(
+                (base / str(item).strip()).resolve() for item in items if str(item).strip()
+            )
+        if name == "zookeeper" and isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        if kind == "int":
+            if isinstance(value, bool) or (not isinstance(value, int) and not str(value).isdigit()):
+                raise TypeError("an integer")
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError("a number")
+            return float(value)
+        if not isinstance(value, str):
+            raise TypeError("a string")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name!r} must be {exc}, got {value!r}") from None
+
+
+def _check(config: NodeConfig, source: str) -> None:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{source}: {message}")
+
+    if not config.node_id or not DATACENTER.match(config.node_id):
+        raise fail(f"'node_id' must be letters, digits, _ . - (got {config.node_id!r})")
+    if not DATACENTER.match(config.datacenter):
+        raise fail(f"'datacenter' must be letters, digits, _ . - (got {config.datacenter!r})")
+    if not DATACENTER.match(config.cluster):
+        raise fail(f"'cluster' must be letters, digits, _ . - (got {config.cluster!r})")
+    try:
+        parse_dsn(config.dsn)
+    except ConfigError as exc:
+        raise fail(f"'dsn': {exc}") from None
+    if not config.zookeeper or any(":" not in h for h in config.zookeeper.split(",")):
+        raise fail("'zookeeper' must list host:port pairs, e.g. \"10.0.0.1:2181,10.0.0.2:2181\"")
+    if not config.plugin_dirs:
+        raise fail("'plugin_dirs' must name at least one directory")
+    if config.slots < 1:
+        raise fail("'slots' must be at least 1")
+    if not 1.0 <= config.session_timeout <= 60.0:
+        raise fail("'session_timeout' must be between 1 and 60 seconds")
+    for name in ("heartbeat_interval", "poll_interval", "kill_grace"):
+        if getattr(config, name) <= 0:
+            raise fail(f"{name!r} must be positive")
+    if config.heartbeat_interval >= config.session_timeout / 2:
+        raise fail("'heartbeat_interval' must be under half of 'session_timeout'")
+    if config.heartbeat_timeout < 3 * config.heartbeat_interval:
+        raise fail("'heartbeat_timeout' must be at least 3 heartbeat intervals")
+    if config.log_format not in ("auto", "json", "console"):
+        raise fail("'log_format' must be auto, json or console")

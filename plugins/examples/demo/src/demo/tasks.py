@@ -1,0 +1,86 @@
+"""Example tasks. Each attempt runs in its own runner process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import demo
+from taskman import runtime
+
+
+def add(a: float, b: float) -> float:
+    return a + b
+
+
+def whoami() -> dict[str, Any]:
+    """Which plugin version, environment and process ran this attempt."""
+    return {
+        "version": demo.VERSION,
+        "greeting": os.environ.get("DEMO_GREETING"),
+        "pid": os.getpid(),
+        "task_id": runtime.task_id(),
+        "attempt": runtime.attempt(),
+        "fence": runtime.fencing_token(),
+    }
+
+
+def sleep(seconds: float, log_path: str | None = None) -> dict[str, Any]:
+    """Sleep with progress. With log_path, append '<task> <attempt> <fence> <event>' lines:
+    an execution log, written by the task itself, that chaos checks compare with the database."""
+
+    def record(event: str) -> None:
+        if log_path:
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(
+                    f"{runtime.task_id()} {runtime.attempt()} {runtime.fencing_token()} "
+                    f"{os.getpid()} {event}\n"
+                )
+
+    record("start")
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        runtime.progress(1 - left / seconds, f"{left:.1f} s left")
+        if runtime.should_abort():
+            record("aborted")
+            raise runtime.PermanentError("aborted")
+        time.sleep(min(0.05, left))
+    record("done")
+    return {"slept": seconds, "pid": os.getpid(), "fence": runtime.fencing_token()}
+
+
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def fail_permanently(message: str = "bad input") -> None:
+    raise runtime.PermanentError(message)
+
+
+def crash() -> None:
+    """Die the way an out-of-memory kill would: no report, just gone."""
+    sys.stdout.write("about to crash\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_once(marker_path: str) -> str:
+    """Crash on the first attempt, succeed on the next."""
+    if not os.path.exists(marker_path):
+        with open(marker_path, "w", encoding="utf-8") as fh:
+            fh.write(str(os.getpid()))
+        crash()
+    return "survived"
+
+
+def chatty(lines: int = 1000) -> int:
+    for i in range(lines):
+        print(f"line {i}")
+    return lines
+
+
+def not_json() -> object:
+    return object()

@@ -1,0 +1,7 @@
+"""Version 2.0 of the side-by-side example."""
+
+import os
+
+
+def greet(name: str) -> dict[str, str]:
+    return {"version": "2.0", "greeting": f"{os.environ['GREETING']}, {name}"}

@@ -1,0 +1,9 @@
+"""Runners: one subprocess per task attempt (``taskman.runner``).
+
+``supervisor`` is the node side; ``child`` runs inside the plugin's interpreter
+and needs only the standard library.
+"""
+
+from taskman.runner.supervisor import Runner, RunnerEvent, RunnerSpec, describe_exit
+
+__all__ = ["Runner", "RunnerEvent", "RunnerSpec", "describe_exit"]

@@ -1,0 +1,210 @@
+"""The runner child: runs one task attempt in its own process. Standard library only.
+
+Started by the node as ``<plugin python> -u child.py`` with a socket on the fd
+named by TASKMAN_RUNNER_FD. It reads the spec, imports the task's function with
+the plugin's sys.path, runs it, and reports over the socket. It kills itself
+(and its process group) when the node goes silent or away: a paused or dead
+node must not leave work running beside the attempt that reclaims it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import types
+from typing import Any
+
+EXIT_OK = 0
+EXIT_PROTOCOL = 70  # the node sent something we could not use
+EXIT_ORPHANED = 71  # the node went silent or away
+
+PR_SET_PDEATHSIG = 1
+MAX_RESULT = 8 * 1024 * 1024
+
+
+class Channel:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.rfile = sock.makefile("rb")
+        self.lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        with self.lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                die("node pipe closed")
+
+    def recv(self) -> dict[str, Any] | None:
+        line = self.rfile.readline()
+        if not line:
+            return None
+        value = json.loads(line)
+        return value if isinstance(value, dict) else None
+
+
+def die(reason: str) -> None:
+    # Kill the whole process group: the task may have started children of its own.
+    try:
+        sys.stderr.write(f"taskman runner: exiting: {reason}\n")
+        sys.stderr.flush()
+    finally:
+        try:
+            os.killpg(0, signal.SIGKILL)
+        finally:
+            os._exit(EXIT_ORPHANED)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog still covers a vanished node
+    if os.getppid() != parent_pid:
+        die("the node died before the runner started")
+
+
+def load_runtime(path: str) -> types.ModuleType:
+    """Load taskman.runtime from the node's copy, so task code can import it here."""
+    spec = importlib.util.spec_from_file_location("taskman.runtime", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load taskman.runtime from {path}")
+    runtime = importlib.util.module_from_spec(spec)
+    package = sys.modules.get("taskman")
+    if package is None:
+        # A light stand-in for the package: `from taskman import runtime` works, and
+        # other taskman modules still import from the node's copy if their deps exist.
+        package = types.ModuleType("taskman")
+        package.__path__ = [os.path.dirname(path)]
+        sys.modules["taskman"] = package
+    sys.modules["taskman.runtime"] = runtime
+    spec.loader.exec_module(runtime)
+    package.runtime = runtime  # type: ignore[attr-defined]
+    return runtime
+
+
+def resolve(reference: str) -> Any:
+    module_name, _, attr_path = reference.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{reference} is not callable")
+    return target
+
+
+def error_message(
+    exc: BaseException, *, permanent: bool, kind: str | None = None
+) -> dict[str, Any]:
+    return {
+        "t": "error",
+        "type": kind
+        or f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        "message": str(exc)[:10_000],
+        "traceback": "".join(traceback.format_exception(exc))[-200_000:],
+        "permanent": permanent,
+    }
+
+
+def main() -> None:
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]  # the runner's own folder is not the task's import path
+    fd = int(os.environ.pop("TASKMAN_RUNNER_FD"))
+    die_with_parent(int(os.environ.pop("TASKMAN_NODE_PID")))
+    channel = Channel(socket.socket(fileno=fd))
+    spec = channel.recv()
+    if spec is None or spec.get("t") != "spec":
+        sys.exit(EXIT_PROTOCOL)
+
+    runtime = load_runtime(spec["runtime_path"])
+    watchdog = float(spec["watchdog_timeout"])
+    last_ping = [time.monotonic()]
+
+    def listen() -> None:
+        while True:
+            try:
+                message = channel.recv()
+            except (OSError, ValueError):
+                message = None
+            if message is None:
+                die("node pipe closed")
+                return
+            last_ping[0] = time.monotonic()
+            if message.get("t") == "abort":
+                runtime._ctx.abort.set()
+
+    def heartbeat() -> None:
+        interval = float(spec["heartbeat_interval"])
+        while True:
+            time.sleep(min(interval, watchdog / 4))
+            if time.monotonic() - last_ping[0] > watchdog:
+                die(f"no word from the node for {watchdog:.1f} s")
+            runtime._flush()
+            channel.send({"t": "hb"})
+
+    def on_term(signum: int, frame: Any) -> None:
+        runtime._ctx.abort.set()
+        raise runtime.Terminated("stopped by the node")
+
+    signal.signal(signal.SIGTERM, on_term)
+    threading.Thread(target=listen, name="listen", daemon=True).start()
+    threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
+
+    for entry in reversed(spec["sys_path"]):
+        sys.path.insert(0, entry)
+    runtime._bind(spec["task_id"], spec["attempt"], spec["fence"], channel.send)
+    channel.send({"t": "ready", "pid": os.getpid()})
+
+    try:
+        function = resolve(spec["function"])
+    except Exception as exc:  # an import failure is the plugin's, not a transient one
+        channel.send(error_message(exc, permanent=True, kind="FunctionNotFound"))
+        return
+    try:
+        value = function(*spec["args"], **spec["kwargs"])
+    except runtime.Terminated as exc:
+        channel.send(error_message(exc, permanent=False, kind="Terminated"))
+        return
+    except runtime.PermanentError as exc:
+        channel.send(error_message(exc, permanent=True))
+        return
+    except Exception as exc:
+        channel.send(error_message(exc, permanent=False))
+        return
+    except SystemExit as exc:
+        channel.send(error_message(exc, permanent=False, kind="SystemExit"))
+        return
+    runtime._flush()
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        channel.send(error_message(exc, permanent=True, kind="ResultNotSerializable"))
+        return
+    if len(encoded) > MAX_RESULT:
+        channel.send(
+            error_message(
+                ValueError(f"result is {len(encoded)} bytes, over {MAX_RESULT}"),
+                permanent=True,
+                kind="ResultTooLarge",
+            )
+        )
+        return
+    channel.send({"t": "result", "value": value})
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)  # do not wait for non-daemon threads the task may have left behind

@@ -1,0 +1,209 @@
+"""The node side of a runner: spawn the child, talk over its socket, capture output, stop it.
+
+Events from every runner go into one queue the node's loop reads, as
+``RunnerEvent(runner, message)``; a message of ``{"t": "exit"}`` is the last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from taskman.runner import protocol
+
+from taskman.errors import RunnerError
+
+CHILD_PATH = str(Path(__file__).with_name("child.py"))
+OUTPUT_TAIL = 64 * 1024
+BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
+
+
+def _runtime_path() -> str:
+    # Installed: taskman/runner/../runtime.py. From a checkout the runner folder
+    # sits beside taskman/, so look there too.
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "runtime.py", here.parent / "taskman" / "runtime.py"):
+        if candidate.is_file():
+            return str(candidate)
+    import taskman.runtime
+
+    return str(Path(taskman.runtime.__file__))
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    task_id: int
+    attempt: int
+    fence: int
+    function: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    python: str
+    sys_path: list[str]
+    env: dict[str, str]
+    cwd: str
+    heartbeat_interval: float
+    watchdog_timeout: float
+
+
+@dataclass
+class RunnerEvent:
+    runner: Runner
+    message: dict[str, Any]
+
+
+@dataclass
+class Runner:
+    spec: RunnerSpec
+    events: queue.Queue[RunnerEvent]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    last_heard: float = 0.0
+    pid: int = 0
+    _sock: socket.socket | None = None
+    _send_lock: threading.Lock = field(default_factory=threading.Lock)
+    _tail: deque[bytes] = field(default_factory=deque)
+    _tail_size: int = 0
+    _output_done: threading.Event = field(default_factory=threading.Event)
+    exit_code: int | None = None
+
+    # -- start ---------------------------------------------------------------
+    def start(self) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+        env.update(self.spec.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["TASKMAN_RUNNER_FD"] = str(child_sock.fileno())
+        env["TASKMAN_NODE_PID"] = str(os.getpid())
+        try:
+            self.process = subprocess.Popen(
+                [self.spec.python, "-u", CHILD_PATH],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                cwd=self.spec.cwd,
+                start_new_session=True,  # its own process group: stop it and its children together
+                close_fds=True,
+            )
+        except OSError as exc:
+            parent_sock.close()
+            raise RunnerError(f"cannot start {self.spec.python}: {exc}") from exc
+        finally:
+            child_sock.close()
+        self.pid = self.process.pid
+        self._sock = parent_sock
+        self.started_at = self.last_heard = time.monotonic()
+        self.send(
+            {
+                "t": "spec",
+                "task_id": self.spec.task_id,
+                "attempt": self.spec.attempt,
+                "fence": self.spec.fence,
+                "function": self.spec.function,
+                "args": self.spec.args,
+                "kwargs": self.spec.kwargs,
+                "sys_path": self.spec.sys_path,
+                "runtime_path": _runtime_path(),
+                "heartbeat_interval": self.spec.heartbeat_interval,
+                "watchdog_timeout": self.spec.watchdog_timeout,
+            }
+        )
+        name = f"runner-{self.spec.task_id}"
+        threading.Thread(target=self._read_messages, name=name, daemon=True).start()
+        threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
+
+    # -- talk ----------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> bool:
+        if self._sock is None:
+            return False
+        with self._send_lock:
+            try:
+                self._sock.sendall(protocol.encode(message))
+            except OSError:
+                return False
+        return True
+
+    def ping(self) -> None:
+        self.send({"t": "ping"})
+
+    def request_abort(self) -> None:
+        self.send({"t": "abort"})
+
+    def _read_messages(self) -> None:
+        assert self._sock is not None
+        reader = self._sock.makefile("rb")
+        try:
+            for line in reader:
+                try:
+                    message = protocol.decode(line)
+                except ValueError:
+                    continue  # a broken line from a dying child; its exit tells the story
+                self.last_heard = time.monotonic()
+                self.events.put(RunnerEvent(self, message))
+        except OSError:
+            pass
+        assert self.process is not None
+        self.exit_code = self.process.wait()
+        self._output_done.wait(timeout=2.0)
+        self.events.put(RunnerEvent(self, {"t": "exit", "code": self.exit_code}))
+
+    def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        stream = self.process.stdout
+        try:
+            while chunk := os.read(stream.fileno(), 65536):
+                self._tail.append(chunk)
+                self._tail_size += len(chunk)
+                while self._tail_size - len(self._tail[0]) >= OUTPUT_TAIL:
+                    self._tail_size -= len(self._tail.popleft())
+        finally:
+            self._output_done.set()
+
+    def output_tail(self) -> str:
+        return b"".join(self._tail)[-OUTPUT_TAIL:].decode("utf-8", "replace")
+
+    # -- stop ----------------------------------------------------------------
+    def signal(self, signum: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"

@@ -1,0 +1,55 @@
+"""taskman: a reliable multi-datacenter task scheduler.
+
+Folders map into this one namespace: ``cluster/`` -> ``taskman.cluster``,
+``runner/`` -> ``taskman.runner``, ``plugins/`` -> ``taskman.plugins``,
+``config/`` -> ``taskman.config``.
+"""
+
+from taskman.client import Client
+from taskman.errors import (
+    AmbiguousCommitError,
+    ConfigError,
+    CoordinationError,
+    FencedError,
+    IdempotencyConflictError,
+    PayloadTooLargeError,
+    PluginError,
+    RunnerError,
+    SchemaError,
+    StoreError,
+    TaskmanError,
+    TaskNotFoundError,
+    TaskStateError,
+    TransientStoreError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from taskman.models import Attempt, Task
+from taskman.states import Outcome, TaskState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousCommitError",
+    "Attempt",
+    "Client",
+    "ConfigError",
+    "CoordinationError",
+    "FencedError",
+    "IdempotencyConflictError",
+    "Outcome",
+    "PayloadTooLargeError",
+    "PluginError",
+    "RunnerError",
+    "SchemaError",
+    "StoreError",
+    "Task",
+    "TaskNotFoundError",
+    "TaskState",
+    "TaskStateError",
+    "TaskmanError",
+    "TransientStoreError",
+    "ValidationError",
+    "WaitTimeoutError",
+    "__version__",
+]

@@ -1,0 +1,50 @@
+"""The taskman command. ``main`` is thin; ``run(argv)`` is what the tests call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from taskman.cli import lab, server, tasks
+from taskman.cli.common import fail
+from taskman.cli.exitcodes import Exit
+from taskman.errors import TaskmanError
+
+EPILOG = """examples:
+  taskman db migrate --dsn mysql://taskman:pw@127.0.0.1:3306/taskman
+  taskman node --config node.toml
+  taskman submit demo.tasks:add --plugin demo --args '[2, 3]' --wait
+  taskman status 42 --json
+  taskman lab up            # a local cluster (MariaDB, ZooKeeper, two nodes) to try things on
+
+exit codes: 0 ok, 1 task failed, 2 usage, 3 not found, 4 wrong state, 5 wait timed out,
+  65 invalid input, 69 database or ZooKeeper unavailable, 70 internal error, 78 bad config
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskman",
+        description="A reliable multi-datacenter task scheduler.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    tasks.register(sub)
+    server.register(sub)
+    lab.register(sub)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except TaskmanError as exc:
+        return fail(exc)
+    except KeyboardInterrupt:
+        return int(Exit.SOFTWARE)
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,92 @@
+"""Shared pieces of the command line: environment-backed flags, output, error mapping."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+from taskman.cli.exitcodes import Exit
+from taskman.errors import (
+    ConfigError,
+    CoordinationError,
+    PluginError,
+    StoreError,
+    TaskmanError,
+    TaskNotFoundError,
+    TaskStateError,
+    ValidationError,
+    WaitTimeoutError,
+)
+
+
+def env_flag(
+    parser: argparse.ArgumentParser, flag: str, env: str, help_text: str, **kwargs: Any
+) -> None:
+    """A flag whose default comes from an environment variable, named in --help."""
+    default = os.environ.get(env, kwargs.pop("default", None))
+    parser.add_argument(flag, default=default, help=f"{help_text} [env: {env}]", **kwargs)
+
+
+def add_dsn(parser: argparse.ArgumentParser) -> None:
+    env_flag(parser, "--dsn", "TASKMAN_DSN", "database, mysql://user:pass@host:port/db")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def require_dsn(args: argparse.Namespace) -> str:
+    if not args.dsn:
+        raise ConfigError("no database given: pass --dsn or set TASKMAN_DSN")
+    return str(args.dsn)
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    """ISO 8601 with a timezone; naive times are refused, like the client does."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"{name}: {value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise ValidationError(f"{name}: {value!r} has no timezone; add one, e.g. +00:00 or Z")
+    return parsed
+
+
+def parse_json(value: str | None, name: str, default: Any) -> Any:
+    if value is None:
+        return default
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ValidationError(f"{name} is not valid JSON: {exc}") from None
+
+
+def emit(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def exit_code_for(exc: TaskmanError) -> Exit:
+    for kind, code in (
+        (TaskNotFoundError, Exit.NOT_FOUND),
+        (TaskStateError, Exit.STATE),
+        (WaitTimeoutError, Exit.TIMEOUT),
+        (ValidationError, Exit.INVALID),
+        (PluginError, Exit.CONFIG),
+        (ConfigError, Exit.CONFIG),
+        (StoreError, Exit.UNAVAILABLE),
+        (CoordinationError, Exit.UNAVAILABLE),
+    ):
+        if isinstance(exc, kind):
+            return code
+    return Exit.SOFTWARE
+
+
+def fail(exc: TaskmanError) -> int:
+    print(f"taskman: error: {exc}", file=sys.stderr)
+    return int(exit_code_for(exc))

@@ -1,0 +1,195 @@
+"""taskman submit | status | abort | wait | tasks: the client on the command line."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from taskman.cli.common import (
+    add_dsn,
+    add_json,
+    emit,
+    parse_json,
+    parse_time,
+    require_dsn,
+)
+from taskman.cli.exitcodes import Exit
+from taskman.client import Client
+from taskman.models import Task
+from taskman.states import TaskState
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "submit",
+        help="queue a task",
+        epilog="example: taskman submit demo.tasks:add --plugin demo --args '[2, 3]' --wait",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("function", help="package.module:callable")
+    p.add_argument("--plugin", required=True, help="the server plugin that has the function")
+    p.add_argument("--args", help="positional arguments as a JSON list")
+    p.add_argument("--kwargs", help="keyword arguments as a JSON object")
+    p.add_argument("--version", dest="plugin_version", help="pin a plugin version")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument("--not-before", help="earliest start, ISO 8601 with timezone")
+    p.add_argument("--not-after", help="latest start; later it expires. ISO 8601 with timezone")
+    p.add_argument("--timeout", type=float, help="wall-clock limit of one attempt, seconds")
+    p.add_argument("--max-attempts", type=int, help="attempts before the task fails (default 3)")
+    p.add_argument("--retry-backoff", type=float, help="seconds before the first retry (default 1)")
+    p.add_argument("--idempotency-key", help="the same key returns the same task")
+    p.add_argument("--datacenter", help="run only in this datacenter")
+    p.add_argument("--wait", action="store_true", help="wait for the task to finish")
+    p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=submit)
+
+    p = sub.add_parser("status", help="show one task and its attempts")
+    p.add_argument("task_id", type=int)
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=status)
+
+    p = sub.add_parser("abort", help="abort a queued or running task")
+    p.add_argument("task_id", type=int)
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=abort)
+
+    p = sub.add_parser("wait", help="wait until a task finishes")
+    p.add_argument("task_id", type=int)
+    p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=wait)
+
+    p = sub.add_parser(
+        "tasks",
+        help="list tasks, newest first",
+        epilog="example: taskman tasks --state failed --limit 20; "
+        "next page: --before-id <last id shown>",
+    )
+    p.add_argument("--state", choices=[s.value for s in TaskState])
+    p.add_argument("--plugin")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--before-id", type=int, help="page: only tasks with a smaller id")
+    p.add_argument("--since", help="only tasks created at or after this ISO 8601 time")
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=tasks)
+
+
+def _final_code(task: Task) -> int:
+    return int(Exit.OK if task.state is TaskState.SUCCEEDED else Exit.TASK_FAILED)
+
+
+def submit(args: argparse.Namespace) -> int:
+    with Client(require_dsn(args)) as client:
+        task_id = client.submit(
+            args.function,
+            plugin=args.plugin,
+            args=parse_json(args.args, "--args", []),
+            kwargs=parse_json(args.kwargs, "--kwargs", {}),
+            version=args.plugin_version,
+            priority=args.priority,
+            not_before=parse_time(args.not_before, "--not-before"),
+            not_after=parse_time(args.not_after, "--not-after"),
+            timeout=args.timeout,
+            max_attempts=args.max_attempts,
+            retry_backoff=args.retry_backoff,
+            idempotency_key=args.idempotency_key,
+            datacenter=args.datacenter,
+        )
+        if not args.wait:
+            emit({"id": task_id}) if args.json else print(task_id)
+            return int(Exit.OK)
+        task = client.wait(task_id, timeout=args.wait_timeout)
+        show(task, args.json)
+        return _final_code(task)
+
+
+def status(args: argparse.Namespace) -> int:
+    with Client(require_dsn(args)) as client:
+        show(client.get(args.task_id), args.json)
+    return int(Exit.OK)
+
+
+def abort(args: argparse.Namespace) -> int:
+    with Client(require_dsn(args)) as client:
+        state = client.abort(args.task_id)
+    if args.json:
+        emit({"id": args.task_id, "state": state.value})
+    elif state is TaskState.ABORTED:
+        print(f"task {args.task_id} aborted")
+    else:
+        print(f"task {args.task_id} is running; its node will stop it")
+    return int(Exit.OK)
+
+
+def wait(args: argparse.Namespace) -> int:
+    with Client(require_dsn(args)) as client:
+        task = client.wait(args.task_id, timeout=args.timeout)
+    show(task, args.json)
+    return _final_code(task)
+
+
+def tasks(args: argparse.Namespace) -> int:
+    with Client(require_dsn(args)) as client:
+        found = client.list(
+            state=args.state,
+            plugin=args.plugin,
+            limit=args.limit,
+            before_id=args.before_id,
+            created_after=parse_time(args.since, "--since"),
+        )
+    if args.json:
+        emit([t.to_dict() for t in found])
+        return int(Exit.OK)
+    print(f"{'ID':>8}  {'STATE':<9}  {'ATT':>3}  {'PLUGIN':<12}  FUNCTION")
+    for t in found:
+        print(f"{t.id:>8}  {t.state.value:<9}  {t.attempt:>3}  {t.plugin:<12}  {t.function}")
+    return int(Exit.OK)
+
+
+def show(task: Task, as_json: bool) -> None:
+    if as_json:
+        emit(task.to_dict())
+        return
+    lines: list[tuple[str, Any]] = [
+        ("id", task.id),
+        ("state", task.state.value),
+        (
+            "function",
+            f"{task.function}  (plugin {task.plugin}"
+            + (f" {task.plugin_version}" if task.plugin_version else "")
+            + ")",
+        ),
+        (
+            "attempt",
+            f"{task.attempt} (failures {task.failures}/{task.max_attempts}, reclaims {task.reclaims})",
+        ),
+        (
+            "progress",
+            "-"
+            if task.progress is None
+            else f"{task.progress:.0%} {task.progress_message or ''}".rstrip(),
+        ),
+        ("owner", task.owner or "-"),
+        ("token", task.fence),
+        ("created", task.created_at),
+        ("started", task.started_at or "-"),
+        ("finished", task.finished_at or "-"),
+        ("result", "-" if task.result is None else task.result),
+        ("error", task.error or "-"),
+    ]
+    for key, value in lines:
+        print(f"{key:>9}: {value}")
+    for a in task.attempts:
+        print(
+            f"  attempt {a.attempt}: {a.outcome.value} on {a.node} ({a.datacenter}) token {a.fence}"
+        )
+        if a.error_type:
+            print(f"    {a.error_type}: {a.error_message}")
+        if a.traceback:
+            print("    " + a.traceback.rstrip().replace("\n", "\n    "))

@@ -1,0 +1,122 @@
+"""The thin client: submit, inspect, abort and wait for tasks. It needs only the database."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from taskman.errors import WaitTimeoutError
+from taskman.models import Task
+from taskman.states import TaskState
+from taskman.store import TaskStore
+from taskman.validation import DEFAULT_MAX_PAYLOAD, build_task
+
+
+class Client:
+    """Talks to the task table only; any node in any datacenter will pick the work up.
+
+    >>> client = Client("mysql://taskman:secret@127.0.0.1:3306/taskman")
+    >>> task_id = client.submit("demo.tasks:add", plugin="demo", args=(2, 3))
+    >>> client.wait(task_id, timeout=30).result
+    5
+    """
+
+    def __init__(self, dsn: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self._store = TaskStore(dsn)
+        self.max_payload = max_payload
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(
+        self,
+        function: str,
+        *,
+        plugin: str,
+        args: list[Any] | tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        version: str | None = None,
+        priority: int = 0,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retry_backoff: float | None = None,
+        idempotency_key: str | None = None,
+        datacenter: str | None = None,
+    ) -> int:
+        """Queue ``function`` ("package.module:callable") of ``plugin``; return the task id.
+
+        Once this returns, the task is durable and will reach a terminal state.
+        """
+        task = build_task(
+            function,
+            plugin=plugin,
+            args=args,
+            kwargs=kwargs,
+            version=version,
+            priority=priority,
+            not_before=not_before,
+            not_after=not_after,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
+            idempotency_key=idempotency_key,
+            datacenter=datacenter,
+            max_payload=self.max_payload,
+        )
+        return self._store.insert(task)
+
+    def get(self, task_id: int) -> Task:
+        """The task with its attempts; raises TaskNotFoundError for an unknown id."""
+        return self._store.get(task_id)
+
+    def list(
+        self,
+        state: TaskState | str | None = None,
+        plugin: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        created_after: datetime | None = None,
+    ) -> list[Task]:
+        """Newest first. Page with ``before_id=<last id of the previous page>``."""
+        return self._store.list_tasks(
+            state=state,
+            plugin=plugin,
+            limit=limit,
+            before_id=before_id,
+            created_after=created_after,
+        )
+
+    def abort(self, task_id: int) -> TaskState:
+        """Abort a task: a queued one at once, a running one by its owner within about a second.
+
+        Returns the state right after the request (ABORTED or RUNNING). Aborting a
+        finished task raises TaskStateError.
+        """
+        return self._store.request_abort(task_id)
+
+    def wait(self, task_id: int, timeout: float | None = None, poll: float = 0.2) -> Task:
+        """Block until the task is terminal and return it; WaitTimeoutError after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(poll, 0.05)
+        while True:
+            task = self._store.get(task_id)
+            if task.state.terminal:
+                return task
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"task {task_id} is still {task.state.value} after {timeout} s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, poll)
+
+    def counts(self) -> dict[str, int]:
+        return self._store.count_by_state()

@@ -1,0 +1,77 @@
+"""Every error taskman raises descends from TaskmanError.
+
+Errors that retrying could fix carry ``retryable = True``; tenacity policies in
+taskman retry only those, with jitter and a deadline.
+"""
+
+from __future__ import annotations
+
+
+class TaskmanError(Exception):
+    """Root of every taskman error."""
+
+    retryable: bool = False
+
+
+class ConfigError(TaskmanError):
+    """A configuration file or value is invalid; the message names the key and the file."""
+
+
+class ValidationError(TaskmanError):
+    """An application passed bad input (arguments, times, sizes, references)."""
+
+
+class PayloadTooLargeError(ValidationError):
+    """Arguments or a result exceed the configured size limit."""
+
+
+class IdempotencyConflictError(ValidationError):
+    """The idempotency key is already used by a task with a different request."""
+
+
+class TaskNotFoundError(TaskmanError):
+    """No task has this id."""
+
+
+class TaskStateError(TaskmanError):
+    """The task is in a state that does not allow the operation (e.g. aborting a finished task)."""
+
+
+class StoreError(TaskmanError):
+    """The database failed in a way that is not the caller's fault."""
+
+
+class TransientStoreError(StoreError):
+    """Lost connection, deadlock, Galera certification failure: retrying may succeed."""
+
+    retryable = True
+
+
+class AmbiguousCommitError(TransientStoreError):
+    """The commit's outcome is unknown (MySQL 1180, lost connection during COMMIT): re-read first."""
+
+
+class SchemaError(StoreError):
+    """The database schema is missing or newer than this code understands."""
+
+
+class PluginError(TaskmanError):
+    """A plugin manifest is invalid, or a task names a plugin, version or function that is not installed."""
+
+
+class CoordinationError(TaskmanError):
+    """ZooKeeper could not be reached, or this node lost its session."""
+
+    retryable = True
+
+
+class FencedError(TaskmanError):
+    """A write about an attempt was refused because a newer fencing token owns the task."""
+
+
+class RunnerError(TaskmanError):
+    """A runner subprocess could not be started or supervised."""
+
+
+class WaitTimeoutError(TaskmanError):
+    """``Client.wait`` gave up before the task reached a terminal state."""

@@ -1,0 +1,219 @@
+"""One MySQL connection, reconnected on demand, and the policy that retries transient errors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+
+import pymysql
+import pymysql.cursors
+import structlog
+from pymysql.connections import Connection
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from taskman.dsn import MySQLDSN, parse_dsn
+from taskman.errors import AmbiguousCommitError, StoreError, TransientStoreError
+from taskman.store import queries as q
+
+log = structlog.get_logger("taskman.store")
+T = TypeVar("T")
+
+# MySQL/MariaDB error codes that a retry can fix.
+TRANSIENT_CODES = frozenset(
+    {
+        1047,  # WSREP has not yet prepared node for application use (Galera non-primary)
+        1053,  # server shutdown in progress
+        1205,  # lock wait timeout
+        1213,  # deadlock, or Galera certification failure
+        1927,  # connection was killed
+        2003,  # can't connect
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        4031,  # disconnected by the server because of inactivity
+    }
+)
+AMBIGUOUS_CODES = frozenset({1180})  # error during COMMIT: outcome unknown
+
+
+def classify(exc: BaseException) -> BaseException:
+    """Map a PyMySQL error onto taskman's errors; anything unknown stays as it is."""
+    if isinstance(exc, TransientStoreError):
+        return exc
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return TransientStoreError(f"database connection closed: {exc}")
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
+        code = exc.args[0]
+        if code in AMBIGUOUS_CODES:
+            return AmbiguousCommitError(f"commit outcome unknown ({code}): {exc.args[-1]}")
+        if code in TRANSIENT_CODES:
+            return TransientStoreError(f"transient database error {code}: {exc.args[-1]}")
+    return exc
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientStoreError)
+
+
+class Database:
+    """A thread-safe wrapper around one PyMySQL connection.
+
+    ``run(fn)`` calls ``fn(cursor)`` inside one transaction and retries the whole
+    function on transient errors, reconnecting first. Functions given to ``run``
+    must therefore be safe to repeat: taskman's are conditional (fenced) writes.
+    """
+
+    def __init__(
+        self,
+        dsn: str | MySQLDSN,
+        *,
+        retry_deadline: float = 30.0,
+        connect_timeout: float = 5.0,
+        read_timeout: float | None = 30.0,
+    ) -> None:
+        self.dsn = dsn if isinstance(dsn, MySQLDSN) else parse_dsn(dsn)
+        self.retry_deadline = retry_deadline
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._conn: Connection[pymysql.cursors.DictCursor] | None = None
+        self._lock = threading.RLock()
+        self._galera: bool | None = None
+
+    # -- connection ------------------------------------------------------
+    def _connect(self) -> Connection[pymysql.cursors.DictCursor]:
+        try:
+            dsn = self.dsn
+            conn: Connection[pymysql.cursors.DictCursor] = pymysql.connect(
+                host=dsn.host,
+                port=dsn.port,
+                user=dsn.user,
+                password=dsn.password,
+                database=dsn.database,
+                unix_socket=dsn.unix_socket,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                write_timeout=self._read_timeout,
+                autocommit=False,
+                charset="utf8mb4",
+                cursorclass=pymysql.cursors.DictCursor,
+                ssl_disabled=True,
+            )
+        except pymysql.err.MySQLError as exc:
+            raise classify(exc) from None
+        with conn.cursor() as cur:
+            cur.execute(q.SESSION_SETUP)
+            if self._galera is None:
+                cur.execute(q.HAS_WSREP)
+                row = cur.fetchone()
+                self._galera = bool(row and next(iter(row.values())) in (1, "1", "ON"))
+            if self._galera:
+                cur.execute(q.SESSION_GALERA_SYNC)
+        conn.commit()
+        return conn
+
+    def _connection(self) -> Connection[pymysql.cursors.DictCursor]:
+        if self._conn is None or not self._conn.open:
+            self._conn = self._connect()
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with suppress(pymysql.err.Error):
+                    self._conn.close()
+                self._conn = None
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            with suppress(pymysql.err.Error):
+                self._conn.close()
+        self._conn = None
+
+    # -- transactions ----------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[pymysql.cursors.DictCursor]:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+            conn.commit()
+        except BaseException as exc:
+            mapped = classify(exc)
+            if isinstance(mapped, TransientStoreError):
+                # The connection may be half-broken or the transaction aborted by
+                # Galera; a fresh connection is the only safe state.
+                self._discard()
+                raise mapped from exc
+            try:
+                conn.rollback()
+            except pymysql.err.Error:
+                self._discard()
+            raise
+
+    def run_once(self, fn: Callable[[pymysql.cursors.DictCursor], T]) -> T:
+        with self._lock, self._transaction() as cur:
+            return fn(cur)
+
+    def run(
+        self,
+        fn: Callable[[pymysql.cursors.DictCursor], T],
+        *,
+        deadline: float | None = None,
+        on_ambiguous: Callable[[pymysql.cursors.DictCursor], T] | None = None,
+    ) -> T:
+        """Run ``fn`` in a transaction, retrying transient errors with jitter until a deadline.
+
+        After an ambiguous commit (1180 or a connection lost at COMMIT) ``on_ambiguous``,
+        when given, re-reads the truth instead of repeating the write.
+        """
+        ambiguous = False
+
+        def attempt() -> T:
+            nonlocal ambiguous
+            if ambiguous and on_ambiguous is not None:
+                return self.run_once(on_ambiguous)
+            try:
+                return self.run_once(fn)
+            except AmbiguousCommitError:
+                ambiguous = True
+                raise
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info("db.retry", attempt=state.attempt_number, error=str(exc))
+
+        retrying = Retrying(
+            retry=retry_if_exception(_is_retryable),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            stop=stop_after_delay(self.retry_deadline if deadline is None else deadline),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(attempt)
+
+    def query(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
+        def fn(cur: pymysql.cursors.DictCursor) -> list[dict[str, Any]]:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
+        return self.run(fn)
+
+    def execute(self, sql: str, args: Any = None) -> int:
+        def fn(cur: pymysql.cursors.DictCursor) -> int:
+            return int(cur.execute(sql, args))
+
+        return self.run(fn)
+
+    def ping(self) -> bool:
+        try:
+            self.run_once(lambda cur: cur.execute("SELECT 1"))
+        except (StoreError, pymysql.err.MySQLError):
+            return False
+        return True

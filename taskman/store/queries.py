@@ -1,0 +1,194 @@
+"""Every SQL statement taskman runs, by name.
+
+Writes about a running attempt are fenced: they name the task id AND the fencing
+token it was claimed with, in the same statement. A write whose token is stale
+matches 0 rows, and the caller learns it was fenced.
+"""
+
+from __future__ import annotations
+
+# -- sessions ---------------------------------------------------------------
+# UTC everywhere; wsrep_sync_wait=1 makes reads causal on Galera (a read sees
+# every write committed anywhere in the cluster before it started).
+SESSION_SETUP = "SET time_zone = '+00:00'"
+SESSION_GALERA_SYNC = "SET SESSION wsrep_sync_wait = 1"
+HAS_WSREP = "SELECT @@GLOBAL.wsrep_on"
+NOW = "SELECT NOW(6)"
+
+# -- migrations -------------------------------------------------------------
+MIGRATION_LOCK = "SELECT GET_LOCK('taskman_migrate', 60)"
+MIGRATION_UNLOCK = "SELECT RELEASE_LOCK('taskman_migrate')"
+SCHEMA_TABLE_EXISTS = (
+    "SELECT COUNT(*) FROM information_schema.tables "
+    "WHERE table_schema = DATABASE() AND table_name = 'taskman_schema'"
+)
+SCHEMA_VERSIONS = "SELECT version FROM taskman_schema ORDER BY version"
+RECORD_VERSION = "INSERT INTO taskman_schema (version, name) VALUES (%s, %s)"
+LIST_TABLES = (
+    "SELECT table_name FROM information_schema.tables "
+    "WHERE table_schema = DATABASE() ORDER BY table_name"
+)
+SHOW_CREATE_TABLE = "SHOW CREATE TABLE `{table}`"  # table names come from LIST_TABLES
+
+# -- client -----------------------------------------------------------------
+TASK_COLUMNS = (
+    "id, request_id, idempotency_key, plugin, plugin_version, `function`, args, kwargs, "
+    "priority, datacenter, not_before, not_after, run_after, timeout_seconds, max_attempts, "
+    "retry_backoff_seconds, state, fence, owner, owner_datacenter, attempt, failures, reclaims, "
+    "heartbeat_at, progress, progress_message, abort_requested, result, error_type, "
+    "error_message, created_at, started_at, finished_at, updated_at"
+)
+
+INSERT_TASK = (
+    "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
+    "kwargs, priority, datacenter, not_before, not_after, run_after, timeout_seconds, "
+    "max_attempts, retry_backoff_seconds, state) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, GREATEST(NOW(6), COALESCE(%s, NOW(6))), "
+    "%s, %s, %s, 'queued')"
+)
+TASK_BY_REQUEST_ID = "SELECT id FROM tasks WHERE request_id = %s"
+TASK_BY_IDEMPOTENCY_KEY = (
+    "SELECT id, plugin, plugin_version, `function`, args, kwargs FROM tasks "
+    "WHERE idempotency_key = %s"
+)
+GET_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s"
+GET_ATTEMPTS = (
+    "SELECT task_id, attempt, fence, node, datacenter, plugin_version, started_at, ended_at, "
+    "outcome, error_type, error_message, traceback, output_tail "
+    "FROM attempts WHERE task_id = %s ORDER BY attempt"
+)
+# Filters are appended from LIST_FILTERS only; values always go through parameters.
+LIST_TASKS = f"SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1"
+LIST_FILTERS = {
+    "state": " AND state = %s",
+    "plugin": " AND plugin = %s",
+    "before_id": " AND id < %s",
+    "created_after": " AND created_at >= %s",
+}
+LIST_ORDER = " ORDER BY id DESC LIMIT %s"
+COUNT_BY_STATE = "SELECT state, COUNT(*) FROM tasks GROUP BY state"
+
+ABORT_QUEUED = (
+    "UPDATE tasks SET state = 'aborted', abort_requested = 1, finished_at = NOW(6), "
+    "error_type = 'Aborted', error_message = 'aborted before it started' "
+    "WHERE id = %s AND state = 'queued'"
+)
+ABORT_RUNNING = "UPDATE tasks SET abort_requested = 1 WHERE id = %s AND state = 'running'"
+TASK_STATE = "SELECT state, fence, attempt, owner FROM tasks WHERE id = %s"
+
+# -- node: claims -----------------------------------------------------------
+# Candidates: queued, due, not past not_after, runnable in this datacenter, for
+# a plugin (and pinned version) this node has. The plugin filter is built from
+# CANDIDATE_PLUGIN_TERM, one term per installed plugin.
+CANDIDATES = (
+    "SELECT id, attempt, plugin, plugin_version, `function` FROM tasks FORCE INDEX (tasks_claim) "
+    "WHERE state = 'queued' AND run_after <= NOW(6) "
+    "AND (not_after IS NULL OR not_after > NOW(6)) "
+    "AND (datacenter IS NULL OR datacenter = %s) "
+    "AND ({plugins}) "
+    "ORDER BY priority DESC, run_after, id LIMIT %s"
+)
+CANDIDATE_PLUGIN_TERM = (
+    "(plugin = %s AND (plugin_version IS NULL OR plugin_version IN ({versions})))"
+)
+
+# The claim: one conditional UPDATE moves the task to running under the new
+# token. `attempt = %s` pins the attempt the claimer saw, and `fence < %s`
+# makes tokens only ever grow for a task.
+CLAIM = (
+    "UPDATE tasks SET state = 'running', fence = %s, owner = %s, owner_datacenter = %s, "
+    "attempt = attempt + 1, heartbeat_at = NOW(6), started_at = COALESCE(started_at, NOW(6)), "
+    "progress = NULL, progress_message = NULL "
+    "WHERE id = %s AND state = 'queued' AND attempt = %s AND fence < %s "
+    "AND (not_after IS NULL OR not_after > NOW(6))"
+)
+INSERT_ATTEMPT = (
+    "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) "
+    "VALUES (%s, %s, %s, %s, %s, %s)"
+)
+CLAIMED_TASK = (
+    "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
+    "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested "
+    "FROM tasks WHERE id = %s"
+)
+
+# -- node: fenced writes about a running attempt ------------------------------
+HEARTBEAT = (
+    "UPDATE tasks SET heartbeat_at = NOW(6) WHERE id = %s AND fence = %s AND state = 'running'"
+)
+RUNNING_STATUS = "SELECT id, fence, state, abort_requested FROM tasks WHERE id IN ({ids})"
+PROGRESS = (
+    "UPDATE tasks SET progress = %s, progress_message = %s, heartbeat_at = NOW(6) "
+    "WHERE id = %s AND fence = %s AND state = 'running'"
+)
+FINISH_SUCCEEDED = (
+    "UPDATE tasks SET state = 'succeeded', result = %s, progress = 1.0, finished_at = NOW(6), "
+    "error_type = NULL, error_message = NULL "
+    "WHERE id = %s AND fence = %s AND state = 'running'"
+)
+# A failure either goes back to the queue after a backoff, or ends the task.
+FINISH_RETRY = (
+    "UPDATE tasks SET state = 'queued', failures = failures + %s, reclaims = reclaims + %s, "
+    "owner = NULL, "
+    "owner_datacenter = NULL, run_after = NOW(6) + INTERVAL %s MICROSECOND, "
+    "error_type = %s, error_message = %s "
+    "WHERE id = %s AND fence = %s AND state = 'running'"
+)
+FINISH_FAILED = (
+    "UPDATE tasks SET state = %s, failures = failures + %s, finished_at = NOW(6), "
+    "error_type = %s, error_message = %s "
+    "WHERE id = %s AND fence = %s AND state = 'running'"
+)
+END_ATTEMPT = (
+    "UPDATE attempts SET ended_at = NOW(6), outcome = %s, error_type = %s, error_message = %s, "
+    "traceback = %s, output_tail = %s "
+    "WHERE task_id = %s AND attempt = %s AND fence = %s AND outcome = 'running'"
+)
+
+# -- leader -----------------------------------------------------------------
+# The leader's ZooKeeper epoch only grows; a stale leader's UPDATE matches 0 rows.
+TAKE_LEADERSHIP = (
+    "INSERT INTO leadership (name, epoch, node) VALUES (%s, %s, %s) "
+    "ON DUPLICATE KEY UPDATE node = IF(epoch < VALUES(epoch), VALUES(node), node), "
+    "since = IF(epoch < VALUES(epoch), NOW(6), since), "
+    "epoch = GREATEST(epoch, VALUES(epoch))"
+)
+LEADERSHIP = "SELECT epoch, node FROM leadership WHERE name = %s"
+LEADER_GUARD = " AND EXISTS (SELECT 1 FROM leadership WHERE name = %s AND epoch = %s)"
+RUNNING_TASKS = (
+    "SELECT id, attempt, fence, owner, heartbeat_at, reclaims FROM tasks "
+    "WHERE state = 'running' ORDER BY id"
+)
+# Re-queue an attempt whose owner is gone: fenced on the old token, guarded by the
+# leader's epoch. The next claim gets a larger token.
+RECLAIM = (
+    "UPDATE tasks SET state = 'queued', reclaims = reclaims + 1, owner = NULL, "
+    "owner_datacenter = NULL, run_after = NOW(6), error_type = %s, error_message = %s "
+    "WHERE id = %s AND fence = %s AND attempt = %s AND state = 'running'" + LEADER_GUARD
+)
+RECLAIM_GIVE_UP = (
+    "UPDATE tasks SET state = 'failed', reclaims = reclaims + 1, finished_at = NOW(6), "
+    "error_type = %s, error_message = %s "
+    "WHERE id = %s AND fence = %s AND attempt = %s AND state = 'running'" + LEADER_GUARD
+)
+END_LOST_ATTEMPT = (
+    "UPDATE attempts SET ended_at = NOW(6), outcome = %s, error_type = %s, error_message = %s "
+    "WHERE task_id = %s AND attempt = %s AND fence = %s AND outcome = 'running'"
+)
+EXPIRE_DUE = (
+    "UPDATE tasks SET state = 'expired', finished_at = NOW(6), error_type = 'Expired', "
+    "error_message = 'not_after passed before the task started' "
+    "WHERE state = 'queued' AND not_after IS NOT NULL AND not_after <= NOW(6)"
+    + LEADER_GUARD
+    + " LIMIT %s"
+)
+QUEUED_PLUGINS = (
+    "SELECT plugin, plugin_version, MIN(created_at) FROM tasks WHERE state = 'queued' "
+    "GROUP BY plugin, plugin_version"
+)
+FAIL_UNRUNNABLE = (
+    "UPDATE tasks SET state = 'failed', finished_at = NOW(6), error_type = 'PluginError', "
+    "error_message = %s "
+    "WHERE state = 'queued' AND plugin = %s AND plugin_version <=> %s "
+    "AND created_at <= NOW(6) - INTERVAL %s SECOND" + LEADER_GUARD
+)

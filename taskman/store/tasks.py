@@ -1,0 +1,451 @@
+"""TaskStore: the one class that reads and writes tasks and attempts.
+
+Every write about a running attempt takes its fencing token and returns whether
+it was applied; ``False`` means a newer token owns the task (the caller is fenced).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from taskman.errors import (
+    IdempotencyConflictError,
+    TaskNotFoundError,
+    TaskStateError,
+)
+from taskman.models import Attempt, Task
+from taskman.states import Outcome, TaskState
+from taskman.store import queries as q
+from taskman.store.connection import Database
+from taskman.validation import NewTask
+
+Cursor = pymysql.cursors.DictCursor
+DUPLICATE_KEY = 1062
+MAX_TAIL = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A queued task a node may try to claim."""
+
+    task_id: int
+    attempt: int  # attempts so far; the claim makes attempt + 1
+    plugin: str
+    plugin_version: str | None
+    function: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a node needs to run the attempt it just claimed."""
+
+    task_id: int
+    attempt: int
+    fence: int
+    plugin: str
+    plugin_version: str | None
+    function: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    timeout: float | None
+    max_attempts: int
+    failures: int
+    retry_backoff: float
+    abort_requested: bool
+
+
+@dataclass(frozen=True)
+class RunningView:
+    """The database's view of one attempt a node believes it owns."""
+
+    task_id: int
+    fence: int
+    state: str
+    abort_requested: bool
+
+
+@dataclass(frozen=True)
+class RunningTask:
+    """A running task as the leader's reaper sees it."""
+
+    task_id: int
+    attempt: int
+    fence: int
+    owner: str | None
+    heartbeat_at: datetime | None
+    reclaims: int
+
+
+class TaskStore:
+    def __init__(self, db: Database | str) -> None:
+        self.db = db if isinstance(db, Database) else Database(db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- submit --------------------------------------------------------------
+    def insert(self, task: NewTask) -> int:
+        """Insert a queued task and return its id.
+
+        A retried insert finds its own row by request id (exactly once even when
+        the first commit's outcome was lost); the same idempotency key returns the
+        existing task's id, or refuses a different request under that key.
+        """
+
+        def fn(cur: Cursor) -> int:
+            try:
+                cur.execute(
+                    q.INSERT_TASK,
+                    (
+                        task.request_id,
+                        task.idempotency_key,
+                        task.plugin,
+                        task.plugin_version,
+                        task.function,
+                        task.args_json,
+                        task.kwargs_json,
+                        task.priority,
+                        task.datacenter,
+                        task.not_before,
+                        task.not_after,
+                        task.not_before,
+                        task.timeout,
+                        task.max_attempts,
+                        task.retry_backoff,
+                    ),
+                )
+                return int(cur.lastrowid)
+            except pymysql.err.IntegrityError as exc:
+                if exc.args[0] != DUPLICATE_KEY:
+                    raise
+            return self._existing(cur, task)
+
+        return self.db.run(fn, on_ambiguous=lambda cur: self._existing(cur, task))
+
+    def _existing(self, cur: Cursor, task: NewTask) -> int:
+        cur.execute(q.TASK_BY_REQUEST_ID, (task.request_id,))
+        row = cur.fetchone()
+        if row:
+            return int(row["id"])
+        if task.idempotency_key is None:
+            raise TaskNotFoundError("the submitted task was not found after an ambiguous commit")
+        cur.execute(q.TASK_BY_IDEMPOTENCY_KEY, (task.idempotency_key,))
+        row = cur.fetchone()
+        if row is None:
+            raise TaskNotFoundError("the idempotency key's task vanished")
+        same = (
+            row["plugin"] == task.plugin
+            and row["plugin_version"] == task.plugin_version
+            and row["function"] == task.function
+            and json.loads(row["args"]) == json.loads(task.args_json)
+            and json.loads(row["kwargs"]) == json.loads(task.kwargs_json)
+        )
+        if not same:
+            raise IdempotencyConflictError(
+                f"idempotency key {task.idempotency_key!r} already names task {row['id']} "
+                "with a different function, plugin or arguments"
+            )
+        return int(row["id"])
+
+    # -- read ------------------------------------------------------------------
+    def get(self, task_id: int, *, with_attempts: bool = True) -> Task:
+        def fn(cur: Cursor) -> Task:
+            cur.execute(q.GET_TASK, (task_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise TaskNotFoundError(f"no task with id {task_id}")
+            attempts: tuple[Attempt, ...] = ()
+            if with_attempts:
+                cur.execute(q.GET_ATTEMPTS, (task_id,))
+                attempts = tuple(Attempt.from_row(r) for r in cur.fetchall())
+            return Task.from_row(row, attempts)
+
+        return self.db.run(fn)
+
+    def list_tasks(
+        self,
+        *,
+        state: TaskState | str | None = None,
+        plugin: str | None = None,
+        before_id: int | None = None,
+        created_after: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        sql = q.LIST_TASKS
+        args: list[Any] = []
+        for name, value in (
+            ("state", None if state is None else TaskState(state).value),
+            ("plugin", plugin),
+            ("before_id", before_id),
+            ("created_after", created_after),
+        ):
+            if value is not None:
+                sql += q.LIST_FILTERS[name]
+                args.append(value)
+        sql += q.LIST_ORDER
+        args.append(limit)
+        return [Task.from_row(r) for r in self.db.query(sql, args)]
+
+    def count_by_state(self) -> dict[str, int]:
+        return {r["state"]: int(r["COUNT(*)"]) for r in self.db.query(q.COUNT_BY_STATE)}
+
+    # -- abort -----------------------------------------------------------------
+    def request_abort(self, task_id: int) -> TaskState:
+        """Abort a queued task at once; flag a running one for its owner. Returns the state now."""
+
+        def fn(cur: Cursor) -> TaskState:
+            if cur.execute(q.ABORT_QUEUED, (task_id,)):
+                return TaskState.ABORTED
+            if cur.execute(q.ABORT_RUNNING, (task_id,)):
+                return TaskState.RUNNING
+            cur.execute(q.TASK_STATE, (task_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise TaskNotFoundError(f"no task with id {task_id}")
+            state = TaskState(row["state"])
+            if state is TaskState.RUNNING:  # abort already requested; nothing changed
+                return state
+            raise TaskStateError(f"task {task_id} is already {state.value}; nothing to abort")
+
+        return self.db.run(fn)
+
+    # -- node: claims ----------------------------------------------------------
+    def candidates(
+        self, datacenter: str, plugins: dict[str, list[str]], limit: int
+    ) -> list[Candidate]:
+        """Due queued tasks this node could run, best first."""
+        if not plugins or limit <= 0:
+            return []
+        terms, args = [], [datacenter]
+        for name, versions in sorted(plugins.items()):
+            terms.append(q.CANDIDATE_PLUGIN_TERM.format(versions=", ".join(["%s"] * len(versions))))
+            args.extend([name, *versions])
+        sql = q.CANDIDATES.format(plugins=" OR ".join(terms))
+        rows = self.db.query(sql, [*args, limit])
+        return [
+            Candidate(
+                int(r["id"]), int(r["attempt"]), r["plugin"], r["plugin_version"], r["function"]
+            )
+            for r in rows
+        ]
+
+    def claim(
+        self,
+        task_id: int,
+        seen_attempt: int,
+        fence: int,
+        node: str,
+        datacenter: str,
+        plugin_version: str,
+    ) -> Claim | None:
+        """Move a queued task to running under ``fence``; None if someone else got there first."""
+
+        def read(cur: Cursor) -> Claim | None:
+            cur.execute(q.CLAIMED_TASK, (task_id,))
+            row = cur.fetchone()
+            if row is None or int(row["fence"]) != fence:
+                return None
+            return Claim(
+                task_id=task_id,
+                attempt=int(row["attempt"]),
+                fence=fence,
+                plugin=row["plugin"],
+                plugin_version=row["plugin_version"],
+                function=row["function"],
+                args=json.loads(row["args"]),
+                kwargs=json.loads(row["kwargs"]),
+                timeout=row["timeout_seconds"],
+                max_attempts=int(row["max_attempts"]),
+                failures=int(row["failures"]),
+                retry_backoff=float(row["retry_backoff_seconds"]),
+                abort_requested=bool(row["abort_requested"]),
+            )
+
+        def fn(cur: Cursor) -> Claim | None:
+            if not cur.execute(q.CLAIM, (fence, node, datacenter, task_id, seen_attempt, fence)):
+                return None
+            cur.execute(
+                q.INSERT_ATTEMPT,
+                (task_id, seen_attempt + 1, fence, node, datacenter, plugin_version),
+            )
+            return read(cur)
+
+        return self.db.run(fn, on_ambiguous=read)
+
+    # -- node: fenced writes ----------------------------------------------------
+    def heartbeat(self, owned: list[tuple[int, int]]) -> list[RunningView]:
+        """Refresh heartbeats of (task id, fence) pairs; return the database's view of each."""
+        if not owned:
+            return []
+
+        def fn(cur: Cursor) -> list[RunningView]:
+            for task_id, fence in owned:
+                cur.execute(q.HEARTBEAT, (task_id, fence))
+            ids = [task_id for task_id, _ in owned]
+            cur.execute(q.RUNNING_STATUS.format(ids=", ".join(["%s"] * len(ids))), ids)
+            return [
+                RunningView(
+                    task_id=int(r["id"]),
+                    fence=int(r["fence"]),
+                    state=r["state"],
+                    abort_requested=bool(r["abort_requested"]),
+                )
+                for r in cur.fetchall()
+            ]
+
+        return self.db.run(fn, deadline=5.0)
+
+    def progress(self, task_id: int, fence: int, fraction: float, message: str) -> bool:
+        return self.db.execute(q.PROGRESS, (fraction, message[:1000], task_id, fence)) == 1
+
+    def finish(
+        self,
+        *,
+        task_id: int,
+        attempt: int,
+        fence: int,
+        outcome: Outcome,
+        task_state: TaskState,
+        result_json: str | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        traceback: str | None = None,
+        output_tail: str | None = None,
+        retry_delay: float | None = None,
+        counts_as_failure: bool = True,
+    ) -> bool:
+        """Record how an attempt ended, fenced. ``task_state`` QUEUED means: retry after ``retry_delay``.
+
+        Returns False when the token is stale: nothing was written.
+        """
+        tail = None if output_tail is None else output_tail[-MAX_TAIL:]
+
+        def fn(cur: Cursor) -> bool:
+            if task_state is TaskState.SUCCEEDED:
+                changed = cur.execute(q.FINISH_SUCCEEDED, (result_json, task_id, fence))
+            elif task_state is TaskState.QUEUED:
+                micros = int((retry_delay or 0.0) * 1_000_000)
+                # A failure of the task counts against max_attempts; an attempt the
+                # node gave up (self-fencing, shutdown) counts as a reclaim instead.
+                changed = cur.execute(
+                    q.FINISH_RETRY,
+                    (
+                        int(counts_as_failure),
+                        int(not counts_as_failure),
+                        micros,
+                        error_type,
+                        error_message,
+                        task_id,
+                        fence,
+                    ),
+                )
+            else:
+                changed = cur.execute(
+                    q.FINISH_FAILED,
+                    (
+                        task_state.value,
+                        int(counts_as_failure),
+                        error_type,
+                        error_message,
+                        task_id,
+                        fence,
+                    ),
+                )
+            if not changed:
+                return False
+            cur.execute(
+                q.END_ATTEMPT,
+                (
+                    outcome.value,
+                    error_type,
+                    error_message,
+                    traceback,
+                    tail,
+                    task_id,
+                    attempt,
+                    fence,
+                ),
+            )
+            return True
+
+        def reread(cur: Cursor) -> bool:
+            # After an ambiguous commit: our write applied iff our attempt row has ended.
+            cur.execute(q.GET_ATTEMPTS, (task_id,))
+            for row in cur.fetchall():
+                if int(row["attempt"]) == attempt and int(row["fence"]) == fence:
+                    return bool(row["outcome"] == outcome.value)
+            return False
+
+        return self.db.run(fn, on_ambiguous=reread)
+
+    # -- leader ------------------------------------------------------------------
+    def take_leadership(self, name: str, epoch: int, node: str) -> bool:
+        """Record this leader's epoch; False if a newer leader has already written a larger one."""
+
+        def fn(cur: Cursor) -> bool:
+            cur.execute(q.TAKE_LEADERSHIP, (name, epoch, node))
+            cur.execute(q.LEADERSHIP, (name,))
+            row = cur.fetchone()
+            return bool(row and int(row["epoch"]) == epoch)
+
+        return self.db.run(fn)
+
+    def running(self) -> list[RunningTask]:
+        return [
+            RunningTask(
+                task_id=int(r["id"]),
+                attempt=int(r["attempt"]),
+                fence=int(r["fence"]),
+                owner=r["owner"],
+                heartbeat_at=r["heartbeat_at"],
+                reclaims=int(r["reclaims"]),
+            )
+            for r in self.db.query(q.RUNNING_TASKS)
+        ]
+
+    def reclaim(
+        self,
+        task: RunningTask,
+        *,
+        outcome: Outcome,
+        reason: str,
+        give_up: bool,
+        role: str,
+        epoch: int,
+    ) -> bool:
+        """Re-queue (or, past the reclaim limit, fail) an attempt whose owner is gone; fenced."""
+        error_type = "NodeLost" if outcome is Outcome.NODE_LOST else "HeartbeatTimeout"
+
+        def fn(cur: Cursor) -> bool:
+            sql = q.RECLAIM_GIVE_UP if give_up else q.RECLAIM
+            message = reason
+            if give_up:
+                message = f"{reason}; gave up after {task.reclaims + 1} reclaims"
+            if not cur.execute(
+                sql, (error_type, message, task.task_id, task.fence, task.attempt, role, epoch)
+            ):
+                return False
+            cur.execute(
+                q.END_LOST_ATTEMPT,
+                (outcome.value, error_type, reason, task.task_id, task.attempt, task.fence),
+            )
+            return True
+
+        return self.db.run(fn)
+
+    def expire_due(self, *, role: str, epoch: int, limit: int = 1000) -> int:
+        return self.db.execute(q.EXPIRE_DUE, (role, epoch, limit))
+
+    def queued_plugins(self) -> list[tuple[str, str | None]]:
+        return [(r["plugin"], r["plugin_version"]) for r in self.db.query(q.QUEUED_PLUGINS)]
+
+    def fail_unrunnable(
+        self, plugin: str, version: str | None, message: str, grace: float, *, role: str, epoch: int
+    ) -> int:
+        return self.db.execute(q.FAIL_UNRUNNABLE, (message, plugin, version, grace, role, epoch))

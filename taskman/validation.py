@@ -1,0 +1,201 @@
+"""Checks on what applications submit. Pure functions: no I/O, fast unit tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from taskman.errors import PayloadTooLargeError, ValidationError
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes of JSON for args + kwargs
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RETRY_BACKOFF = 1.0  # seconds before the first retry; doubles each time
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+FUNCTION_REF = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+VERSION = re.compile(r"^\d+(\.\d+){0,5}$")
+DATACENTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A validated submission, ready for the store."""
+
+    request_id: str
+    plugin: str
+    plugin_version: str | None
+    function: str
+    args_json: str
+    kwargs_json: str
+    priority: int
+    datacenter: str | None
+    not_before: datetime | None  # naive UTC, as stored
+    not_after: datetime | None
+    timeout: float | None
+    max_attempts: int
+    retry_backoff: float
+    idempotency_key: str | None
+
+
+def check_function(function: object) -> str:
+    if not isinstance(function, str) or not FUNCTION_REF.match(function):
+        raise ValidationError(
+            f"malformed function reference {function!r}: expected 'package.module:callable'"
+        )
+    return function
+
+
+def check_plugin(plugin: object) -> str:
+    if not isinstance(plugin, str) or not PLUGIN_NAME.match(plugin):
+        raise ValidationError(f"invalid plugin name {plugin!r}")
+    return plugin
+
+
+def check_version(version: object) -> str | None:
+    if version is None:
+        return None
+    if not isinstance(version, str) or not VERSION.match(version):
+        raise ValidationError(
+            f"invalid plugin version {version!r}: expected dotted numbers, e.g. 1.2"
+        )
+    return version
+
+
+def check_aware(name: str, value: object) -> datetime | None:
+    """Timezone-aware datetimes only; stored as naive UTC."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(
+            f"{name} is a naive datetime; pass a timezone-aware one (e.g. datetime.now(UTC))"
+        )
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def encode_json(name: str, value: object) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{name} is not JSON-serialisable: {exc}") from None
+
+
+def build_task(
+    function: object,
+    *,
+    plugin: object,
+    args: Any = (),
+    kwargs: Any = None,
+    version: object = None,
+    priority: object = 0,
+    not_before: object = None,
+    not_after: object = None,
+    timeout: object = None,
+    max_attempts: object = None,
+    retry_backoff: object = None,
+    idempotency_key: object = None,
+    datacenter: object = None,
+    now: datetime | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> NewTask:
+    """Validate one submission; every problem is a ValidationError that says what is wrong."""
+    fn = check_function(function)
+    plugin_name = check_plugin(plugin)
+    pinned = check_version(version)
+    if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
+        raise ValidationError("args must be a list or tuple")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValidationError("kwargs must be a dict with string keys")
+    args_json = encode_json("args", list(args))
+    kwargs_json = encode_json("kwargs", kwargs)
+    size = len(args_json.encode()) + len(kwargs_json.encode())
+    if size > max_payload:
+        raise PayloadTooLargeError(
+            f"arguments are {size} bytes of JSON, over the limit of {max_payload} bytes; "
+            "store large data elsewhere and pass a reference"
+        )
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not -(2**31) < priority < 2**31
+    ):
+        raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
+    nb = check_aware("not_before", not_before)
+    na = check_aware("not_after", not_after)
+    current = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    if na is not None and nb is not None and na <= nb:
+        raise ValidationError("not_after must be later than not_before")
+    if na is not None and na <= current:
+        raise ValidationError(f"not_after {na.isoformat()}Z is already in the past")
+    return NewTask(
+        request_id=uuid.uuid4().hex,
+        plugin=plugin_name,
+        plugin_version=pinned,
+        function=fn,
+        args_json=args_json,
+        kwargs_json=kwargs_json,
+        priority=priority,
+        datacenter=_check_datacenter(datacenter),
+        not_before=nb,
+        not_after=na,
+        timeout=_positive("timeout", timeout, allow_none=True),
+        max_attempts=_check_attempts(max_attempts),
+        retry_backoff=_positive(
+            "retry_backoff", retry_backoff, default=DEFAULT_RETRY_BACKOFF, allow_zero=True
+        ),
+        idempotency_key=_check_key(idempotency_key),
+    )
+
+
+def _check_datacenter(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not DATACENTER.match(value):
+        raise ValidationError(f"invalid datacenter name {value!r}")
+    return value
+
+
+def _check_key(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 255:
+        raise ValidationError(
+            "idempotency_key must be a non-empty string of at most 255 characters"
+        )
+    return value
+
+
+def _check_attempts(value: object) -> int:
+    if value is None:
+        return DEFAULT_MAX_ATTEMPTS
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ValidationError(f"max_attempts must be an integer from 1 to 1000, got {value!r}")
+    return value
+
+
+def _positive(
+    name: str,
+    value: object,
+    *,
+    default: float | None = None,
+    allow_none: bool = False,
+    allow_zero: bool = False,
+) -> Any:
+    if value is None:
+        if allow_none:
+            return None
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValidationError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValidationError(f"{name} must be positive, got {value!r}")
+    return float(value)
