@@ -44,6 +44,11 @@ class Ending:
     result_json: str | None = None
     retry_delay: float | None = None
     counts_as_failure: bool = True
+    task_message: str | None = None  # the task's summary, when it differs from the attempt's
+
+    @property
+    def summary(self) -> str | None:
+        return self.error_message if self.task_message is None else self.task_message
 
 
 def backoff(base: float, failures: int, cap: float) -> float:
@@ -75,9 +80,10 @@ def failure_ending(
             traceback,
             retry_delay=backoff(claim.retry_backoff, failures, backoff_cap),
         )
+    summary = None
     if not permanent:
-        message = f"{message} (attempt {failures} of {claim.max_attempts}; no attempts left)"
-    return Ending(outcome, TaskState.FAILED, error_type, message, traceback)
+        summary = f"{message} (attempt {failures} of {claim.max_attempts}; no attempts left)"
+    return Ending(outcome, TaskState.FAILED, error_type, message, traceback, task_message=summary)
 
 
 def ending_from_message(active: ActiveAttempt, message: dict[str, Any], cap: float) -> Ending:

@@ -437,6 +437,7 @@ class Node:
                 output_tail=active.runner.output_tail(),
                 retry_delay=ending.retry_delay,
                 counts_as_failure=ending.counts_as_failure,
+                task_error_message=ending.summary,
             )
         except StoreError as exc:
             # Keep the claim: releasing it would let the leader re-run finished work.

@@ -7,6 +7,7 @@ required keys and values of the wrong type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -122,9 +123,15 @@ def _coerce(name: str, value: Any, source: str, base: Path) -> Any:
                 raise TypeError("an integer")
             return int(value)
         if kind == "float":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise TypeError("a number")
-            return float(value)
+            try:
+                number = float(value)
+            except ValueError:
+                raise TypeError("a number") from None
+            if not math.isfinite(number):
+                raise ValueError("a finite number")
+            return number
         if not isinstance(value, str):
             raise TypeError("a string")
         return value
@@ -159,6 +166,11 @@ def _check(config: NodeConfig, source: str) -> None:
             raise fail(f"{name!r} must be positive")
     if config.heartbeat_interval >= config.session_timeout / 2:
         raise fail("'heartbeat_interval' must be under half of 'session_timeout'")
+    if config.runner_watchdog >= config.session_timeout:
+        raise fail(
+            f"'heartbeat_interval' is too long for 'session_timeout': the runner_watchdog "
+            f"({config.runner_watchdog:.2f} s) must be shorter than the session"
+        )
     if config.heartbeat_timeout < 3 * config.heartbeat_interval:
         raise fail("'heartbeat_timeout' must be at least 3 heartbeat intervals")
     if config.log_format not in ("auto", "json", "console"):

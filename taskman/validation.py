@@ -126,7 +126,7 @@ def build_task(
     if (
         isinstance(priority, bool)
         or not isinstance(priority, int)
-        or not -(2**31) < priority < 2**31
+        or not -(2**31) <= priority < 2**31
     ):
         raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
     nb = check_aware("not_before", not_before)

@@ -319,12 +319,14 @@ class TaskStore:
         output_tail: str | None = None,
         retry_delay: float | None = None,
         counts_as_failure: bool = True,
+        task_error_message: str | None = None,
     ) -> bool:
         """Record how an attempt ended, fenced. ``task_state`` QUEUED means: retry after ``retry_delay``.
 
         Returns False when the token is stale: nothing was written.
         """
         tail = None if output_tail is None else output_tail[-MAX_TAIL:]
+        task_message = error_message if task_error_message is None else task_error_message
 
         def fn(cur: Cursor) -> bool:
             if task_state is TaskState.SUCCEEDED:
@@ -340,7 +342,7 @@ class TaskStore:
                         int(not counts_as_failure),
                         micros,
                         error_type,
-                        error_message,
+                        task_message,
                         task_id,
                         fence,
                     ),
@@ -352,7 +354,7 @@ class TaskStore:
                         task_state.value,
                         int(counts_as_failure),
                         error_type,
-                        error_message,
+                        task_message,
                         task_id,
                         fence,
                     ),
