@@ -10,7 +10,6 @@ from typing import Any
 
 from taskman.plugins import Plugin
 from taskman.runner import Runner
-
 from taskman.states import Outcome, TaskState
 from taskman.store import Claim
 

@@ -14,9 +14,9 @@ import structlog
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, LockTimeout
 from kazoo.recipe.lock import Lock
+
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.zk import wait
-
 from taskman.errors import CoordinationError
 
 log = structlog.get_logger("taskman.cluster")

@@ -17,6 +17,7 @@ import contextlib
 import structlog
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
+
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.zk import wait
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
+
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.zk import wait
-
 from taskman.errors import CoordinationError
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import structlog
 from kazoo.exceptions import KazooException
+
+import taskman
 from taskman.cluster import membership
 from taskman.cluster.attempts import (
     ActiveAttempt,
@@ -38,10 +40,6 @@ from taskman.cluster.lease import ClaimLease
 from taskman.cluster.reaper import Reaper
 from taskman.cluster.zk import SessionMonitor, connect, wait
 from taskman.config import NodeConfig
-from taskman.plugins import Plugin, PluginRegistry
-from taskman.runner import Runner, RunnerEvent, RunnerSpec, describe_exit
-
-import taskman
 from taskman.errors import (
     CoordinationError,
     PluginError,
@@ -50,6 +48,8 @@ from taskman.errors import (
     StoreError,
     TaskmanError,
 )
+from taskman.plugins import Plugin, PluginRegistry
+from taskman.runner import Runner, RunnerEvent, RunnerSpec, describe_exit
 from taskman.states import Outcome, TaskState
 from taskman.store import Candidate, Database, TaskStore
 from taskman.store.migrations import applied_versions, latest_version

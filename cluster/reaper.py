@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+
 from taskman.cluster import membership
 from taskman.cluster.layout import ClusterPaths, claim_name
 from taskman.cluster.lease import ClaimLease
-
 from taskman.states import Outcome
 from taskman.store import RunningTask, TaskStore
 

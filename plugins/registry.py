@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from taskman.plugins.manifest import MANIFEST, Plugin, load_manifest, version_key
 
 from taskman.errors import PluginError
+from taskman.plugins.manifest import MANIFEST, Plugin, load_manifest, version_key
 
 log = structlog.get_logger("taskman.plugins")
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taskman.runner import protocol
-
 from taskman.errors import RunnerError
+from taskman.runner import protocol
 
 CHILD_PATH = str(Path(__file__).with_name("child.py"))
 OUTPUT_TAIL = 64 * 1024

@@ -9,7 +9,7 @@ from typing import Any
 from taskman.errors import WaitTimeoutError
 from taskman.models import Task
 from taskman.states import TaskState
-from taskman.store import TaskStore
+from taskman.store import Database, TaskStore
 from taskman.validation import DEFAULT_MAX_PAYLOAD, build_task
 
 
@@ -22,8 +22,11 @@ class Client:
     5
     """
 
-    def __init__(self, dsn: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
-        self._store = TaskStore(dsn)
+    def __init__(
+        self, dsn: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD, retry_deadline: float = 30.0
+    ) -> None:
+        """``retry_deadline``: how long transient database errors are retried before giving up."""
+        self._store = TaskStore(Database(dsn, retry_deadline=retry_deadline))
         self.max_payload = max_payload
 
     def close(self) -> None:

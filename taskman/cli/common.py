@@ -33,6 +33,14 @@ def env_flag(
 
 def add_dsn(parser: argparse.ArgumentParser) -> None:
     env_flag(parser, "--dsn", "TASKMAN_DSN", "database, mysql://user:pass@host:port/db")
+    env_flag(
+        parser,
+        "--retry-deadline",
+        "TASKMAN_RETRY_DEADLINE",
+        "seconds to retry an unreachable database (default 10)",
+        default="10",
+        type=float,
+    )
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

@@ -85,7 +85,7 @@ def _final_code(task: Task) -> int:
 
 
 def submit(args: argparse.Namespace) -> int:
-    with Client(require_dsn(args)) as client:
+    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
         task_id = client.submit(
             args.function,
             plugin=args.plugin,
@@ -110,13 +110,13 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    with Client(require_dsn(args)) as client:
+    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
         show(client.get(args.task_id), args.json)
     return int(Exit.OK)
 
 
 def abort(args: argparse.Namespace) -> int:
-    with Client(require_dsn(args)) as client:
+    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
         state = client.abort(args.task_id)
     if args.json:
         emit({"id": args.task_id, "state": state.value})
@@ -128,14 +128,14 @@ def abort(args: argparse.Namespace) -> int:
 
 
 def wait(args: argparse.Namespace) -> int:
-    with Client(require_dsn(args)) as client:
+    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
         task = client.wait(args.task_id, timeout=args.timeout)
     show(task, args.json)
     return _final_code(task)
 
 
 def tasks(args: argparse.Namespace) -> int:
-    with Client(require_dsn(args)) as client:
+    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
         found = client.list(
             state=args.state,
             plugin=args.plugin,

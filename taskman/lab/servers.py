@@ -402,6 +402,9 @@ class MariaDBServer:
     def _forget(self) -> None:
         self._proc = None
         _LIVE.discard(self)
+        if self._short_socket_dir is not None:
+            shutil.rmtree(self._short_socket_dir, ignore_errors=True)
+            self._short_socket_dir = None  # the next start() makes and configures a new one
 
     def _run_as(self) -> str | None:
         """The OS user for mariadbd: none when not root, else mysql if it can reach base_dir.

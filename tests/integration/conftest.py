@@ -30,7 +30,9 @@ def start_node(
 ) -> Iterator[StartNode]:
     nodes: list[NodeProcess] = []
 
-    def start(node_id: str, datacenter: str = "dc1", wait: bool = True, **options: Any) -> NodeProcess:
+    def start(
+        node_id: str, datacenter: str = "dc1", wait: bool = True, **options: Any
+    ) -> NodeProcess:
         values: dict[str, Any] = {
             "datacenter": datacenter,
             "dsn": dsn,

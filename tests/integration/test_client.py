@@ -160,7 +160,9 @@ def test_submit_then_get_round_trips_every_field(client: Client, dsn: str) -> No
 
     # The raw row agrees (naive UTC in DATETIME columns).
     with _raw(dsn) as cur:
-        cur.execute("SELECT state, not_before, not_after, args FROM tasks WHERE id = %s", (task_id,))
+        cur.execute(
+            "SELECT state, not_before, not_after, args FROM tasks WHERE id = %s", (task_id,)
+        )
         row = cur.fetchone()
     assert row is not None
     assert row["state"] == "queued"
@@ -498,7 +500,9 @@ def test_large_payload_round_trips_intact(client: Client, dsn: str) -> None:
     assert task.args == args
     assert task.kwargs == kwargs
     with _raw(dsn) as cur:
-        cur.execute("SELECT LENGTH(args) + LENGTH(kwargs) AS size FROM tasks WHERE id = %s", (task_id,))
+        cur.execute(
+            "SELECT LENGTH(args) + LENGTH(kwargs) AS size FROM tasks WHERE id = %s", (task_id,)
+        )
         row = cur.fetchone()
     assert row is not None
     assert 900_000 < int(row["size"]) <= 1024 * 1024

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from taskman import Client, Outcome, TaskState
+from taskman.plugins import EXAMPLES_DIR
 from taskman.store import TaskStore
 from tests.integration.cluster_support import (
     FAST_NODE,
@@ -50,9 +53,7 @@ def test_killed_node_work_is_reclaimed_within_the_bound(
 ) -> None:
     log = tmp_path / "exec.log"
     a = start_node("a", "dc1")
-    ids = [
-        client.submit("demo.tasks:sleep", plugin="demo", args=(4, str(log))) for _ in range(3)
-    ]
+    ids = [client.submit("demo.tasks:sleep", plugin="demo", args=(4, str(log))) for _ in range(3)]
     for task_id in ids:
         wait_state(client, task_id, TaskState.RUNNING)
     wait_until(lambda: len(read_log(log)) >= 3, 10, "three runners to start")
@@ -70,8 +71,10 @@ def test_killed_node_work_is_reclaimed_within_the_bound(
         assert second.fence > first.fence
         assert second.started_at is not None
         recovery.append(second.started_at.timestamp() - killed_at)
-    print(f"\nrecovery after SIGKILL of a node: max {max(recovery):.2f} s "
-          f"(session timeout {SESSION} s)")
+    print(
+        f"\nrecovery after SIGKILL of a node: max {max(recovery):.2f} s "
+        f"(session timeout {SESSION} s)"
+    )
     assert max(recovery) < SESSION + 5
     # The dead node's runners died with it: none of them finished.
     rows = read_log(log)
@@ -163,13 +166,17 @@ def test_leader_death_hands_the_reaper_to_another_node(
     worker = c if new_leader is b else b
     log = tmp_path / "exec.log"
     task_id = client.submit(
-        "demo.tasks:sleep", plugin="demo", args=(3, str(log)), datacenter=worker.values["datacenter"]
+        "demo.tasks:sleep",
+        plugin="demo",
+        args=(3, str(log)),
+        datacenter=worker.values["datacenter"],
     )
     wait_state(client, task_id, TaskState.RUNNING)
     worker.kill()
     # The task is pinned to the dead node's datacenter: it is re-queued, not lost.
     task = wait_until(
-        lambda: (t := client.get(task_id)).state is TaskState.QUEUED and t, SESSION + 10,
+        lambda: (t := client.get(task_id)).state is TaskState.QUEUED and t,
+        SESSION + 10,
         "the leader to re-queue the dead node's task",
     )
     assert task.attempts[0].outcome is Outcome.NODE_LOST
@@ -184,8 +191,10 @@ def test_leader_death_hands_the_reaper_to_another_node(
 def test_datacenter_constraint(start_node: StartNode, client: Client) -> None:
     start_node("a", "dc1")
     start_node("b", "dc2")
-    ids = [client.submit("demo.tasks:add", plugin="demo", args=(1, 2), datacenter="dc2")
-           for _ in range(20)]
+    ids = [
+        client.submit("demo.tasks:add", plugin="demo", args=(1, 2), datacenter="dc2")
+        for _ in range(20)
+    ]
     for task_id in ids:
         task = wait_state(client, task_id, TaskState.SUCCEEDED)
         assert task.attempts[0].datacenter == "dc2" and task.attempts[0].node == "b"
@@ -197,7 +206,8 @@ def test_plugin_env_path_and_versions_side_by_side(start_node: StartNode, client
     pinned = client.submit("greeter:greet", plugin="greeter", args=("bob",), version="1.0")
     who = client.submit("demo.tasks:whoami", plugin="demo")
     assert wait_state(client, newest, TaskState.SUCCEEDED).result == {
-        "version": "2.0", "greeting": "hello from greeter 2.0, ann"
+        "version": "2.0",
+        "greeting": "hello from greeter 2.0, ann",
     }
     pinned_task = wait_state(client, pinned, TaskState.SUCCEEDED)
     assert pinned_task.result == {"version": "1.0", "greeting": "hello from greeter 1.0, bob"}
@@ -241,7 +251,7 @@ def test_failed_attempts_record_exceptions_and_retry(start_node: StartNode, clie
     assert [a.outcome for a in task.attempts] == [Outcome.ERROR, Outcome.ERROR]
     for attempt in task.attempts:
         assert attempt.error_type == "ValueError" and attempt.error_message == "kaput"
-        assert 'in fail\n    raise ValueError(message)' in (attempt.traceback or "")
+        assert "in fail\n    raise ValueError(message)" in (attempt.traceback or "")
     assert "no attempts left" in (task.error_message or "")
     permanent = client.submit("demo.tasks:fail_permanently", plugin="demo", max_attempts=5)
     task = wait_state(client, permanent, TaskState.FAILED)
@@ -273,3 +283,50 @@ def test_output_tail_is_captured(start_node: StartNode, client: Client) -> None:
     tail = task.attempts[0].output_tail or ""
     assert tail.rstrip().endswith("line 19999")
     assert len(tail) <= 64 * 1024
+
+
+def test_runner_works_in_a_plugin_interpreter_without_taskman(
+    start_node: StartNode, client: Client, tmp_path: Path
+) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    plugin = tmp_path / "plugins" / "isolated"
+    (plugin / "src").mkdir(parents=True)
+    (plugin / "plugin.toml").write_text(
+        f'name = "isolated"\nversion = "1.0"\npython = "{venv / "bin" / "python"}"\n'
+        'path = ["src"]\n[env]\nISOLATED = "yes"\n'
+    )
+    (plugin / "src" / "probe.py").write_text(
+        "import importlib.util, os, sys\n"
+        "from taskman import runtime\n\n"
+        "def run():\n"
+        "    runtime.progress(0.5, 'half')\n"
+        "    return {'prefix': sys.prefix, 'task_id': runtime.task_id(),\n"
+        "            'token': runtime.fencing_token(), 'env': os.environ.get('ISOLATED'),\n"
+        "            'node_dsn_visible': any('TASKMAN_DSN' in k for k in os.environ),\n"
+        "            'pymysql': importlib.util.find_spec('pymysql') is not None}\n"
+    )
+    start_node("a", plugin_dirs=[str(tmp_path / "plugins")])
+    task_id = client.submit("probe:run", plugin="isolated")
+    task = wait_state(client, task_id, TaskState.SUCCEEDED)
+    assert task.result == {
+        "prefix": str(venv),
+        "task_id": task_id,
+        "token": task.fence,
+        "env": "yes",
+        "node_dsn_visible": False,
+        "pymysql": False,
+    }
+
+
+def test_a_broken_manifest_is_reported_and_the_other_plugins_still_serve(
+    start_node: StartNode, client: Client, tmp_path: Path
+) -> None:
+    broken = tmp_path / "more" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "plugin.toml").write_text('name = "broken"\nversion = "1.0"\nbogus = 1\n')
+    node = start_node("a", plugin_dirs=[str(EXAMPLES_DIR), str(tmp_path / "more")])
+    rejected = node.wait_for_event("plugin.rejected")
+    assert str(broken / "plugin.toml") in rejected["problem"] and "bogus" in rejected["problem"]
+    task_id = client.submit("demo.tasks:add", plugin="demo", args=(1, 1))
+    assert wait_state(client, task_id, TaskState.SUCCEEDED).result == 2

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import taskman.config
 from taskman.config import NodeConfig, load_config
+
 from taskman.errors import ConfigError
 
 PASSWORD = "s3cr3t-Pa55"
@@ -30,7 +30,9 @@ def write(tmp_path: Path, text: str, name: str = "node.toml") -> Path:
     return path
 
 
-def load(tmp_path: Path, extra: str = "", env: dict[str, str] | None = None, **overrides: Any) -> NodeConfig:
+def load(
+    tmp_path: Path, extra: str = "", env: dict[str, str] | None = None, **overrides: Any
+) -> NodeConfig:
     return load_config(write(tmp_path, VALID + extra), env={} if env is None else env, **overrides)
 
 
@@ -263,7 +265,10 @@ def test_bad_dsn_error_does_not_repeat_the_password(tmp_path: Path) -> None:
         ({"slots": 0}, "'slots' must be at least 1"),
         ({"session_timeout": 0.5}, "'session_timeout' must be between 1 and 60 seconds"),
         ({"session_timeout": 61}, "'session_timeout' must be between 1 and 60 seconds"),
-        ({"heartbeat_interval": 3.0}, "'heartbeat_interval' must be under half of 'session_timeout'"),
+        (
+            {"heartbeat_interval": 3.0},
+            "'heartbeat_interval' must be under half of 'session_timeout'",
+        ),
         (
             {"session_timeout": 10, "heartbeat_interval": 6},
             "'heartbeat_interval' must be under half of 'session_timeout'",
@@ -291,7 +296,8 @@ def test_out_of_bounds_values_are_rejected(
 
 
 @pytest.mark.parametrize(
-    "key", ["heartbeat_interval", "poll_interval", "kill_grace", "heartbeat_timeout", "session_timeout"]
+    "key",
+    ["heartbeat_interval", "poll_interval", "kill_grace", "heartbeat_timeout", "session_timeout"],
 )
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_seconds_are_rejected(tmp_path: Path, key: str, value: str) -> None:

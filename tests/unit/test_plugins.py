@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
 import pytest
-
-from taskman.errors import PluginError
 from taskman.plugins import EXAMPLES_DIR, Plugin, PluginRegistry, load_manifest
 from taskman.plugins.manifest import MANIFEST, check_reference, version_key
+
+from taskman.errors import PluginError
 
 SECRET = "hunter2-secret-value"
 
@@ -107,10 +108,10 @@ def test_missing_name_and_version(tmp_path: Path) -> None:
     directory = tmp_path / "p"
     directory.mkdir()
     (directory / MANIFEST).write_text('version = "1.0"\n', "utf-8")
-    with pytest.raises(PluginError, match="'name' must be a plugin name.*got None"):
+    with pytest.raises(PluginError, match=r"'name' must be a plugin name.*got None"):
         load_manifest(directory)
     (directory / MANIFEST).write_text('name = "x"\n', "utf-8")
-    with pytest.raises(PluginError, match="'version' must be dotted numbers.*got None"):
+    with pytest.raises(PluginError, match=r"'version' must be dotted numbers.*got None"):
         load_manifest(directory)
 
 
@@ -126,7 +127,7 @@ def test_numeric_version_in_toml_is_rejected(tmp_path: Path) -> None:
     directory = tmp_path / "p"
     directory.mkdir()
     (directory / MANIFEST).write_text('name = "x"\nversion = 1.0\n', "utf-8")
-    with pytest.raises(PluginError, match="'version' must be dotted numbers.*got 1.0"):
+    with pytest.raises(PluginError, match=r"'version' must be dotted numbers.*got 1\.0"):
         load_manifest(directory)
 
 
@@ -145,7 +146,7 @@ def test_non_executable_python(tmp_path: Path) -> None:
     interpreter.parent.mkdir(parents=True)
     interpreter.write_text("#!/bin/sh\n", "utf-8")
     interpreter.chmod(0o644)
-    with pytest.raises(PluginError, match="interpreter venv/bin/python .*not executable") as info:
+    with pytest.raises(PluginError, match=r"interpreter venv/bin/python .*not executable") as info:
         load_manifest(directory)
     assert str(directory / MANIFEST) in str(info.value)
     interpreter.chmod(0o755)
@@ -174,7 +175,9 @@ def test_manifest_that_is_not_utf8(tmp_path: Path) -> None:
 
 def test_check_reference() -> None:
     check_reference("demo.tasks:add")
-    with pytest.raises(PluginError, match="malformed function reference 'demo.tasks.add'"):
+    with pytest.raises(
+        PluginError, match=re.escape("malformed function reference 'demo.tasks.add'")
+    ):
         check_reference("demo.tasks.add")
 
 
@@ -280,7 +283,7 @@ def test_resolve_pinned_version(versions: PluginRegistry) -> None:
 
 
 def test_resolve_unknown_version_lists_installed(versions: PluginRegistry) -> None:
-    with pytest.raises(PluginError, match="has no version 3.0") as info:
+    with pytest.raises(PluginError, match=r"has no version 3\.0") as info:
         versions.resolve("demo", "3.0")
     assert "installed: 1.0, 2.5, 9.0, 10.0" in str(info.value)
 

@@ -16,14 +16,14 @@ Q, R, S, F, A, E = (
 
 
 def test_allowed_transitions_table_is_pinned() -> None:
-    assert ALLOWED_TRANSITIONS == {
+    assert {
         Q: frozenset({R, A, E, F}),
         R: frozenset({S, F, A, Q}),
         S: frozenset(),
         F: frozenset(),
         A: frozenset(),
         E: frozenset(),
-    }
+    } == ALLOWED_TRANSITIONS
 
 
 def test_every_state_has_an_entry_and_terminal_states_have_no_exits() -> None:
