@@ -51,11 +51,15 @@ class Ending:
 
 
 def backoff(base: float, failures: int, cap: float) -> float:
-    """Exponential backoff with full jitter: base * 2^(failures-1), randomised in [0.5x, 1.5x]."""
+    """Exponential backoff with jitter: base * 2^(failures-1) times a factor in [0.5, 1.5], capped.
+
+    The jitter spreads retries of tasks that failed together; the cap applies last,
+    so no delay exceeds it.
+    """
     if base <= 0:
         return 0.0
-    delay: float = min(cap, base * (2 ** max(0, failures - 1)))
-    return delay * random.uniform(0.5, 1.5)
+    delay: float = base * (2 ** min(max(0, failures - 1), 60))
+    return min(cap, delay * random.uniform(0.5, 1.5))
 
 
 def failure_ending(

@@ -173,5 +173,9 @@ def _check(config: NodeConfig, source: str) -> None:
         )
     if config.heartbeat_timeout < 3 * config.heartbeat_interval:
         raise fail("'heartbeat_timeout' must be at least 3 heartbeat intervals")
+    if config.max_reclaims < 0:
+        raise fail("'max_reclaims' must not be negative")
+    if config.unrunnable_grace < 0 or config.retry_backoff_max < 0:
+        raise fail("'unrunnable_grace' and 'retry_backoff_max' must not be negative")
     if config.log_format not in ("auto", "json", "console"):
         raise fail("'log_format' must be auto, json or console")

@@ -312,6 +312,7 @@ class MariaDBServer:
         run_as = self._run_as()
         self._base_dir.mkdir(parents=True, exist_ok=True)
         self.datadir.mkdir(exist_ok=True)
+        (self._base_dir / "tmp").mkdir(exist_ok=True)
         self._write_config(run_as)
         if run_as == "mysql":
             self._chown_to_mysql()
@@ -430,6 +431,9 @@ class MariaDBServer:
             f"socket={self.socket_path}",
             f"pid-file={self._base_dir / 'mysqld.pid'}",
             f"log-error={self.error_log}",
+            # Its own tmpdir: concurrent mariadb-install-db runs sharing /tmp have been
+            # seen deleting each other's temporary tables.
+            f"tmpdir={self._base_dir / 'tmp'}",
             f"bind-address={self._host}",
             f"port={self._port}",
             "skip-name-resolve",

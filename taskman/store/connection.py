@@ -107,15 +107,20 @@ class Database:
             )
         except pymysql.err.MySQLError as exc:
             raise classify(exc) from None
-        with conn.cursor() as cur:
-            cur.execute(q.SESSION_SETUP)
-            if self._galera is None:
-                cur.execute(q.HAS_WSREP)
-                row = cur.fetchone()
-                self._galera = bool(row and next(iter(row.values())) in (1, "1", "ON"))
-            if self._galera:
-                cur.execute(q.SESSION_GALERA_SYNC)
-        conn.commit()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(q.SESSION_SETUP)
+                if self._galera is None:
+                    cur.execute(q.HAS_WSREP)
+                    row = cur.fetchone()
+                    self._galera = bool(row and str(row.get("Value", "")).upper() == "ON")
+                if self._galera:
+                    cur.execute(q.SESSION_GALERA_SYNC)
+            conn.commit()
+        except pymysql.err.MySQLError as exc:
+            with suppress(pymysql.err.Error):
+                conn.close()
+            raise classify(exc) from None
         return conn
 
     def _connection(self) -> Connection[pymysql.cursors.DictCursor]:
@@ -143,7 +148,7 @@ class Database:
         try:
             with conn.cursor() as cur:
                 yield cur
-            conn.commit()
+            self._commit(conn)
         except BaseException as exc:
             mapped = classify(exc)
             if isinstance(mapped, TransientStoreError):
@@ -157,6 +162,17 @@ class Database:
                 self._discard()
             raise
 
+    def _commit(self, conn: Connection[pymysql.cursors.DictCursor]) -> None:
+        try:
+            conn.commit()
+        except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+            # The COMMIT may have reached the server before the connection broke:
+            # whether it applied is unknown, so the caller must re-read, not repeat.
+            if isinstance(classify(exc), TransientStoreError):
+                self._discard()
+                raise AmbiguousCommitError(f"connection lost during COMMIT: {exc}") from exc
+            raise
+
     def run_once(self, fn: Callable[[pymysql.cursors.DictCursor], T]) -> T:
         with self._lock, self._transaction() as cur:
             return fn(cur)
@@ -166,19 +182,23 @@ class Database:
         fn: Callable[[pymysql.cursors.DictCursor], T],
         *,
         deadline: float | None = None,
-        on_ambiguous: Callable[[pymysql.cursors.DictCursor], T] | None = None,
+        on_ambiguous: Callable[[pymysql.cursors.DictCursor], T | None] | None = None,
     ) -> T:
         """Run ``fn`` in a transaction, retrying transient errors with jitter until a deadline.
 
         After an ambiguous commit (1180 or a connection lost at COMMIT) ``on_ambiguous``,
-        when given, re-reads the truth instead of repeating the write.
+        when given, re-reads the truth first: its value is the result if the write
+        applied; ``None`` means it did not, and ``fn`` runs again.
         """
         ambiguous = False
 
         def attempt() -> T:
             nonlocal ambiguous
             if ambiguous and on_ambiguous is not None:
-                return self.run_once(on_ambiguous)
+                ambiguous = False
+                found = self.run_once(on_ambiguous)
+                if found is not None:
+                    return found
             try:
                 return self.run_once(fn)
             except AmbiguousCommitError:

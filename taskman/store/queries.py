@@ -12,12 +12,12 @@ from __future__ import annotations
 # every write committed anywhere in the cluster before it started).
 SESSION_SETUP = "SET time_zone = '+00:00'"
 SESSION_GALERA_SYNC = "SET SESSION wsrep_sync_wait = 1"
-HAS_WSREP = "SELECT @@GLOBAL.wsrep_on"
+HAS_WSREP = "SHOW GLOBAL VARIABLES LIKE 'wsrep_on'"  # empty on servers built without wsrep
 NOW = "SELECT NOW(6)"
 
 # -- migrations -------------------------------------------------------------
-MIGRATION_LOCK = "SELECT GET_LOCK('taskman_migrate', 60)"
-MIGRATION_UNLOCK = "SELECT RELEASE_LOCK('taskman_migrate')"
+MIGRATION_LOCK = "SELECT GET_LOCK(CONCAT('taskman_migrate:', DATABASE()), 60) AS locked"
+MIGRATION_UNLOCK = "SELECT RELEASE_LOCK(CONCAT('taskman_migrate:', DATABASE()))"
 SCHEMA_TABLE_EXISTS = (
     "SELECT COUNT(*) FROM information_schema.tables "
     "WHERE table_schema = DATABASE() AND table_name = 'taskman_schema'"
@@ -74,7 +74,7 @@ ABORT_QUEUED = (
     "WHERE id = %s AND state = 'queued'"
 )
 ABORT_RUNNING = "UPDATE tasks SET abort_requested = 1 WHERE id = %s AND state = 'running'"
-TASK_STATE = "SELECT state, fence, attempt, owner FROM tasks WHERE id = %s"
+TASK_STATE = "SELECT state, fence, attempt, owner, abort_requested FROM tasks WHERE id = %s"
 
 # -- node: claims -----------------------------------------------------------
 # Candidates: queued, due, not past not_after, runnable in this datacenter, for

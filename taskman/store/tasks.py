@@ -18,6 +18,8 @@ from taskman.errors import (
     IdempotencyConflictError,
     TaskNotFoundError,
     TaskStateError,
+    TransientStoreError,
+    ValidationError,
 )
 from taskman.models import Attempt, Task
 from taskman.states import Outcome, TaskState
@@ -124,21 +126,25 @@ class TaskStore:
             except pymysql.err.IntegrityError as exc:
                 if exc.args[0] != DUPLICATE_KEY:
                     raise
-            return self._existing(cur, task)
+            found = self._existing(cur, task)
+            if found is None:  # the other row was deleted between our INSERT and SELECT
+                raise TransientStoreError("duplicate key, but no row holds it; retrying")
+            return found
 
         return self.db.run(fn, on_ambiguous=lambda cur: self._existing(cur, task))
 
-    def _existing(self, cur: Cursor, task: NewTask) -> int:
+    def _existing(self, cur: Cursor, task: NewTask) -> int | None:
+        """The task this submission already created (or its idempotency twin); None if none."""
         cur.execute(q.TASK_BY_REQUEST_ID, (task.request_id,))
         row = cur.fetchone()
         if row:
             return int(row["id"])
         if task.idempotency_key is None:
-            raise TaskNotFoundError("the submitted task was not found after an ambiguous commit")
+            return None
         cur.execute(q.TASK_BY_IDEMPOTENCY_KEY, (task.idempotency_key,))
         row = cur.fetchone()
         if row is None:
-            raise TaskNotFoundError("the idempotency key's task vanished")
+            return None
         same = (
             row["plugin"] == task.plugin
             and row["plugin_version"] == task.plugin_version
@@ -177,6 +183,11 @@ class TaskStore:
         created_after: datetime | None = None,
         limit: int = 100,
     ) -> list[Task]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValidationError(f"limit must be an integer from 1 to 10000, got {limit!r}")
+        if state is not None and state not in {s.value for s in TaskState}:
+            known = ", ".join(s.value for s in TaskState)
+            raise ValidationError(f"unknown state {state!r}; known states: {known}")
         sql = q.LIST_TASKS
         args: list[Any] = []
         for name, value in (
@@ -213,7 +224,16 @@ class TaskStore:
                 return state
             raise TaskStateError(f"task {task_id} is already {state.value}; nothing to abort")
 
-        return self.db.run(fn)
+        def reread(cur: Cursor) -> TaskState | None:
+            cur.execute(q.TASK_STATE, (task_id,))
+            row = cur.fetchone()
+            if row and row["state"] == TaskState.ABORTED.value:
+                return TaskState.ABORTED
+            if row and row["state"] == TaskState.RUNNING.value and row["abort_requested"]:
+                return TaskState.RUNNING
+            return None
+
+        return self.db.run(fn, on_ambiguous=reread)
 
     # -- node: claims ----------------------------------------------------------
     def candidates(
@@ -376,13 +396,14 @@ class TaskStore:
             )
             return True
 
-        def reread(cur: Cursor) -> bool:
-            # After an ambiguous commit: our write applied iff our attempt row has ended.
+        def reread(cur: Cursor) -> bool | None:
+            # After an ambiguous commit: our write applied iff our attempt row has ended
+            # with our outcome; otherwise run the (fenced) write again.
             cur.execute(q.GET_ATTEMPTS, (task_id,))
             for row in cur.fetchall():
                 if int(row["attempt"]) == attempt and int(row["fence"]) == fence:
-                    return bool(row["outcome"] == outcome.value)
-            return False
+                    return True if row["outcome"] == outcome.value else None
+            return None
 
         return self.db.run(fn, on_ambiguous=reread)
 

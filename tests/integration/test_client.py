@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -74,7 +75,8 @@ def _db_now(dsn: str) -> datetime:
         cur.execute("SELECT NOW(6) AS now")
         row = cur.fetchone()
         assert row is not None
-        return row["now"].replace(tzinfo=UTC)
+        now: datetime = row["now"]
+        return now.replace(tzinfo=UTC)
 
 
 def _claim(dsn: str, task_id: int, fence: int, node: str = "node-a") -> None:
@@ -423,7 +425,7 @@ def test_wait_on_unknown_task_raises_not_found(client: Client) -> None:
 
 # -- validation ------------------------------------------------------------------------------
 
-_NAIVE = datetime(2099, 1, 1, 12, 0, 0)  # noqa: DTZ001 - naive on purpose
+_NAIVE = datetime(2099, 1, 1, 12, 0, 0)  # naive on purpose
 _SOON = datetime(2099, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 INVALID_SUBMISSIONS: dict[str, tuple[dict[str, Any], type[ValidationError]]] = {
@@ -567,6 +569,20 @@ def test_same_key_with_a_different_request_conflicts(
     assert task.function == FN
 
 
+def test_keys_differing_by_trailing_spaces_are_different_keys(client: Client, dsn: str) -> None:
+    plain = client.submit(FN, plugin="demo", args=[1], idempotency_key="order-1")
+    padded = client.submit(FN, plugin="demo", args=[1], idempotency_key="order-1 ")
+    # Today the second submit silently returns the first task (created nothing).
+    assert padded != plain
+    assert _count(dsn) == 2
+    assert client.get(padded).idempotency_key == "order-1 "
+
+
+def _submit_at_barrier(client: Client, barrier: threading.Barrier, key: str) -> int:
+    barrier.wait()
+    return client.submit(FN, plugin="demo", args=[key], idempotency_key=key)
+
+
 def test_concurrent_submits_with_one_key_make_one_task(dsn: str) -> None:
     threads_per_round = 8
     rounds = 4
@@ -574,37 +590,17 @@ def test_concurrent_submits_with_one_key_make_one_task(dsn: str) -> None:
     try:
         for c in clients:  # connect up front so the barrier lines up the INSERTs
             c.counts()
-        for round_no in range(rounds):
-            key = f"race-{round_no}"
-            barrier = threading.Barrier(threads_per_round, timeout=30)
-            ids: list[int] = []
-            errors: list[BaseException] = []
-            lock = threading.Lock()
-
-            def submit(c: Client, key: str = key, barrier: threading.Barrier = barrier) -> None:
-                try:
-                    barrier.wait()
-                    task_id = c.submit(FN, plugin="demo", args=[key], idempotency_key=key)
-                except BaseException as exc:
-                    with lock:
-                        errors.append(exc)
-                    return
-                with lock:
-                    ids.append(task_id)
-
-            workers = [threading.Thread(target=submit, args=(c,)) for c in clients]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join(60)
-            assert not any(w.is_alive() for w in workers)
-            assert errors == []
-            assert len(ids) == threads_per_round
-            assert len(set(ids)) == 1, f"round {round_no}: ids {ids}"
-            assert _count(dsn, "idempotency_key = %s", (key,)) == 1
-            with _raw(dsn) as cur:
-                cur.execute("SELECT id FROM tasks WHERE idempotency_key = %s", (key,))
-                assert cur.fetchall() == [{"id": ids[0]}]
+        with ThreadPoolExecutor(max_workers=threads_per_round) as pool:
+            for round_no in range(rounds):
+                key = f"race-{round_no}"
+                barrier = threading.Barrier(threads_per_round, timeout=30)
+                futures = [pool.submit(_submit_at_barrier, c, barrier, key) for c in clients]
+                ids = [f.result(timeout=60) for f in futures]  # re-raises any error
+                assert len(set(ids)) == 1, f"round {round_no}: ids {ids}"
+                assert _count(dsn, "idempotency_key = %s", (key,)) == 1
+                with _raw(dsn) as cur:
+                    cur.execute("SELECT id, args FROM tasks WHERE idempotency_key = %s", (key,))
+                    assert list(cur.fetchall()) == [{"id": ids[0], "args": f'["{key}"]'}]
         assert _count(dsn) == rounds
     finally:
         for c in clients:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from taskman import SchemaError
-from taskman.dsn import parse_dsn
 from taskman.lab import MariaDBServer
 from taskman.store import Database
 from taskman.store.migrations import (
@@ -181,28 +181,13 @@ def test_concurrent_migrations_apply_each_version_once(
     url = empty_database()
     workers = 4
     barrier = threading.Barrier(workers, timeout=30)
-    results: list[list[int]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
 
-    def run() -> None:
-        try:
-            barrier.wait()
-            applied = migrate(url)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-            return
-        with lock:
-            results.append(applied)
+    def run() -> list[int]:
+        barrier.wait()
+        return migrate(url)
 
-    threads = [threading.Thread(target=run) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads)
-    assert errors == []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run) for _ in range(workers)]
+        results = [f.result(timeout=120) for f in futures]  # re-raises any error
     assert sorted(results) == [[], [], [], [1, 2]]
     assert _schema_rows(url) == [(1, "tasks_and_attempts"), (2, "leadership_epoch")]
-    assert parse_dsn(url).database.startswith("m_")

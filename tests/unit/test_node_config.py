@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 import taskman.config
 from taskman.config import NodeConfig, load_config
-
 from taskman.errors import ConfigError
 
 PASSWORD = "s3cr3t-Pa55"

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from taskman.plugins import EXAMPLES_DIR, Plugin, PluginRegistry, load_manifest
-from taskman.plugins.manifest import MANIFEST, check_reference, version_key
 
 from taskman.errors import PluginError
+from taskman.plugins import EXAMPLES_DIR, Plugin, PluginRegistry, load_manifest
+from taskman.plugins.manifest import MANIFEST, check_reference, version_key
 
 SECRET = "hunter2-secret-value"
 

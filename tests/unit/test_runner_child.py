@@ -6,9 +6,9 @@ import json
 import os.path
 
 import pytest
-from taskman.runner.child import error_message, resolve
 
 from taskman import runtime
+from taskman.runner.child import error_message, resolve
 
 
 def test_resolve_module_function() -> None:

@@ -8,7 +8,7 @@ CREATE TABLE taskman_schema (
 CREATE TABLE tasks (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     request_id CHAR(32) NOT NULL,
-    idempotency_key VARCHAR(255) NULL,
+    idempotency_key VARCHAR(255) COLLATE utf8mb4_nopad_bin NULL,  -- trailing spaces are significant
     plugin VARCHAR(100) NOT NULL,
     plugin_version VARCHAR(50) NULL,
     `function` VARCHAR(255) NOT NULL,

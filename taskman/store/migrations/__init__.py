@@ -66,7 +66,8 @@ def migrate(dsn: str, *, target: int | None = None) -> list[int]:
     target = migrations[-1].version if target is None else target
     db = Database(dsn)
     try:
-        db.query(q.MIGRATION_LOCK)
+        if not db.query(q.MIGRATION_LOCK)[0]["locked"]:
+            raise SchemaError("another migration of this database has held its lock for 60 s")
         try:
             return _migrate_locked(db, migrations, target)
         finally:
