@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,9 +129,26 @@ def ending_from_message(active: ActiveAttempt, message: dict[str, Any], cap: flo
     )
 
 
-def ending_from_exit(active: ActiveAttempt, description: str, cap: float) -> Ending:
-    """The child exited without a final report."""
+def ending_from_exit(
+    active: ActiveAttempt,
+    description: str,
+    cap: float,
+    code: int | None = None,
+    *,
+    limits: dict[str, int] | None = None,
+    output_exceeded: bool = False,
+) -> Ending:
+    """The child exited without a final report (``code`` as Popen reports it)."""
     claim = active.claim
+    limits = limits or {}
+    if output_exceeded:
+        reason = (
+            f"the task printed more than its output limit (output_bytes = {limits['output_bytes']})"
+        )
+        return failure_ending(claim, Outcome.CRASHED, "LimitExceeded", reason, backoff_cap=cap)
+    if code == -signal.SIGXCPU and "cpu_seconds" in limits:
+        reason = f"the task exceeded its CPU limit (cpu_seconds = {limits['cpu_seconds']})"
+        return failure_ending(claim, Outcome.CRASHED, "LimitExceeded", reason, backoff_cap=cap)
     if active.stop_reason is Outcome.ABORTED:
         return Ending(
             Outcome.ABORTED,

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from kazoo.exceptions import KazooException
+from kazoo.recipe.lock import Semaphore
 
 import taskman
 from taskman.cluster import membership
@@ -34,6 +35,7 @@ from taskman.cluster.attempts import (
     ending_from_message,
     failure_ending,
 )
+from taskman.cluster.concurrency import ConcurrencyGate, cap_for
 from taskman.cluster.election import LeaderElection
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.lease import ClaimLease
@@ -74,6 +76,7 @@ class Node:
         self._fenced_episode = False
         self._last_db_ok = time.monotonic()
         self.leftover_claims: list[tuple[int, int]] = []
+        self.semaphores: dict[tuple[int, int], Semaphore] = {}
         self.is_leader = False
         self.started = threading.Event()
         self._guard_done = threading.Event()
@@ -111,6 +114,7 @@ class Node:
         self.monitor = SessionMonitor(self.zk, self.paths.nodes, self.config.session_timeout)
         self.monitor.start()
         self.lease = ClaimLease(self.zk, self.paths, self.config.node_id)
+        self.gate = ConcurrencyGate(self.zk, self.paths, self.config.node_id)
         membership.register(
             self.zk,
             self.paths,
@@ -268,6 +272,9 @@ class Node:
 
     def _release(self, task_id: int, attempt: int) -> None:
         """Drop a claim after its outcome is recorded; later if ZooKeeper is unreachable now."""
+        semaphore = self.semaphores.pop((task_id, attempt), None)
+        if semaphore is not None:
+            self.gate.release(semaphore)
         self.leftover_claims.append((task_id, attempt))
         if not self.monitor.healthy(within=self.config.session_timeout / 3):
             return
@@ -284,8 +291,13 @@ class Node:
     def _claim(self) -> tuple[int, int]:
         free = self.config.slots - len(self.active)
         try:
+            keys, pairs = self.gate.blocked()
             candidates = self.store.candidates(
-                self.config.datacenter, self.registry.available(), limit=free * 2
+                self.config.datacenter,
+                self.registry.available(),
+                limit=free * 2,
+                blocked_keys=keys,
+                blocked_functions=pairs,
             )
         except StoreError as exc:
             self.log.warning("claim.candidates_failed", error=str(exc))
@@ -317,10 +329,21 @@ class Node:
         except PluginError as exc:
             problem = str(exc)
         attempt = candidate.attempt + 1
+        cap = None if problem else cap_for(candidate, plugin)
+        semaphore = None
+        if cap is not None:
+            semaphore = self.gate.try_acquire(cap, candidate)
+            if semaphore is None:
+                self._count("concurrency_full")
+                return False
         token = self.lease.acquire(candidate.task_id, attempt)
         if token is None:
             self._count("claim_lost_race")
+            if semaphore is not None:
+                self.gate.release(semaphore)
             return False
+        if semaphore is not None:
+            self.semaphores[(candidate.task_id, attempt)] = semaphore
         version = plugin.version if plugin else candidate.plugin_version
         claim = self.store.claim(
             candidate.task_id,
@@ -331,7 +354,7 @@ class Node:
             version or "",
         )
         if claim is None:
-            self.lease.release(candidate.task_id, attempt)
+            self._release(candidate.task_id, attempt)
             return False
         self._count("claimed")
         self.log.info(
@@ -360,6 +383,7 @@ class Node:
             cwd=str(plugin.directory),
             heartbeat_interval=self.config.heartbeat_interval,
             watchdog_timeout=self.config.runner_watchdog,
+            limits={**plugin.limits, **(claim.limits or {})},
         )
         runner = Runner(spec, self.events)
         try:
@@ -418,7 +442,14 @@ class Node:
         if active.final is not None and active.stop_reason is not Outcome.FENCED:
             ending = ending_from_message(active, active.final, cap)
         else:
-            ending = ending_from_exit(active, describe_exit(code), cap)
+            ending = ending_from_exit(
+                active,
+                describe_exit(code),
+                cap,
+                code,
+                limits=active.runner.spec.limits,
+                output_exceeded=active.runner.output_exceeded,
+            )
         self._record(active, ending)
 
     def _record(self, active: ActiveAttempt, ending: Ending) -> None:

@@ -9,6 +9,13 @@ A plugin is a folder with a manifest::
     functions = ["demo.tasks:*"]             # optional allowlist (fnmatch patterns)
     [env]
     DEMO_MODE = "production"
+    [limits]                                 # defaults for every task; a task may override
+    memory_mb = 512
+    cpu_seconds = 600
+    open_files = 256
+    output_bytes = 10_000_000
+    [concurrency]                            # cluster-wide caps on attempts running at once
+    "demo.tasks:settle" = 2
 """
 
 from __future__ import annotations
@@ -21,11 +28,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taskman.errors import PluginError
-from taskman.validation import FUNCTION_REF, PLUGIN_NAME, VERSION
+from taskman.errors import PluginError, ValidationError
+from taskman.validation import (
+    FUNCTION_REF,
+    PLUGIN_NAME,
+    VERSION,
+    check_concurrency_limit,
+    check_limits,
+)
 
 MANIFEST = "plugin.toml"
-KNOWN_KEYS = frozenset({"name", "version", "python", "path", "functions", "env", "description"})
+KNOWN_KEYS = frozenset(
+    {
+        "name",
+        "version",
+        "python",
+        "path",
+        "functions",
+        "env",
+        "description",
+        "limits",
+        "concurrency",
+    }
+)
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -42,11 +67,22 @@ class Plugin:
     env: dict[str, str] = field(default_factory=dict, repr=False)  # may hold secrets
     functions: tuple[str, ...] | None = None
     description: str = ""
+    limits: dict[str, int] = field(default_factory=dict)
+    concurrency: dict[str, int] = field(default_factory=dict)  # function pattern -> cap
 
     def allows(self, function: str) -> bool:
         if self.functions is None:
             return True
         return any(fnmatch.fnmatchcase(function, pattern) for pattern in self.functions)
+
+    def concurrency_for(self, function: str) -> int | None:
+        """The cluster-wide cap for this function, if the manifest sets one."""
+        if function in self.concurrency:
+            return self.concurrency[function]
+        for pattern, cap in self.concurrency.items():
+            if fnmatch.fnmatchcase(function, pattern):
+                return cap
+        return None
 
     def summary(self) -> dict[str, Any]:
         """What the node publishes about this plugin: never the environment's values."""
@@ -106,6 +142,10 @@ def load_manifest(directory: Path) -> Plugin:
             if ":" not in pattern:
                 raise fail(f"function pattern {pattern!r} must contain ':'")
     description = data.get("description", "")
+    try:
+        limits, concurrency = _limits_and_caps(data)
+    except ValidationError as exc:
+        raise fail(str(exc)) from None
     return Plugin(
         name=name,
         version=version,
@@ -115,7 +155,23 @@ def load_manifest(directory: Path) -> Plugin:
         env={k: str(v) for k, v in env.items()},
         functions=None if functions is None else tuple(functions),
         description=str(description),
+        limits=limits,
+        concurrency=concurrency,
     )
+
+
+def _limits_and_caps(data: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    limits = check_limits(data.get("limits", {}), "[limits]")
+    caps = data.get("concurrency", {})
+    if not isinstance(caps, dict):
+        raise ValidationError("[concurrency] must map function patterns to caps")
+    concurrency = {}
+    for pattern, cap in caps.items():
+        checked = check_concurrency_limit(f"[concurrency] {pattern!r}", cap)
+        if checked is None:
+            raise ValidationError(f"[concurrency] {pattern!r} needs a cap")
+        concurrency[str(pattern)] = checked
+    return limits, concurrency
 
 
 def check_reference(function: str) -> None:

@@ -10,6 +10,7 @@ node must not leave work running beside the attempt that reclaims it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
 import importlib.util
 import json
@@ -94,6 +95,30 @@ def load_runtime(path: str) -> types.ModuleType:
     return runtime
 
 
+def apply_limits(limits: dict[str, int]) -> None:
+    """Resource limits, set before any plugin code runs. Imported lazily: POSIX only."""
+    import resource
+
+    if "memory_mb" in limits:
+        size = limits["memory_mb"] * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    if "cpu_seconds" in limits:
+        # SIGXCPU at the soft limit (the default action ends the process), SIGKILL 2 s later.
+        seconds = limits["cpu_seconds"]
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 2))
+    if "open_files" in limits:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
+
+
+def limit_exceeded(exc: BaseException, limits: dict[str, int]) -> str | None:
+    """Name the limit an exception comes from, if it comes from one."""
+    if isinstance(exc, MemoryError) and "memory_mb" in limits:
+        return f"the task exceeded its memory limit (memory_mb = {limits['memory_mb']})"
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE and "open_files" in limits:
+        return f"the task exceeded its open files limit (open_files = {limits['open_files']})"
+    return None
+
+
 def resolve(reference: str) -> Any:
     module_name, _, attr_path = reference.partition(":")
     target: Any = importlib.import_module(module_name)
@@ -161,6 +186,8 @@ def main() -> None:
     threading.Thread(target=listen, name="listen", daemon=True).start()
     threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
 
+    limits = dict(spec.get("limits") or {})
+    apply_limits(limits)
     for entry in reversed(spec["sys_path"]):
         sys.path.insert(0, entry)
     runtime._bind(spec["task_id"], spec["attempt"], spec["fence"], channel.send)
@@ -180,7 +207,13 @@ def main() -> None:
         channel.send(error_message(exc, permanent=True))
         return
     except Exception as exc:
-        channel.send(error_message(exc, permanent=False))
+        reason = limit_exceeded(exc, limits)
+        if reason is not None:
+            channel.send(
+                {**error_message(exc, permanent=False, kind="LimitExceeded"), "message": reason}
+            )
+        else:
+            channel.send(error_message(exc, permanent=False))
         return
     except SystemExit as exc:
         channel.send(error_message(exc, permanent=False, kind="SystemExit"))

@@ -53,6 +53,7 @@ class RunnerSpec:
     cwd: str
     heartbeat_interval: float
     watchdog_timeout: float
+    limits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +76,8 @@ class Runner:
     _tail_size: int = 0
     _output_done: threading.Event = field(default_factory=threading.Event)
     exit_code: int | None = None
+    output_bytes: int = 0
+    output_exceeded: bool = False
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -117,6 +120,7 @@ class Runner:
                 "runtime_path": _runtime_path(),
                 "heartbeat_interval": self.spec.heartbeat_interval,
                 "watchdog_timeout": self.spec.watchdog_timeout,
+                "limits": self.spec.limits,
             }
         )
         name = f"runner-{self.spec.task_id}"
@@ -161,8 +165,13 @@ class Runner:
     def _read_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         stream = self.process.stdout
+        allowed = self.spec.limits.get("output_bytes")
         try:
             while chunk := os.read(stream.fileno(), 65536):
+                self.output_bytes += len(chunk)
+                if allowed is not None and self.output_bytes > allowed and not self.output_exceeded:
+                    self.output_exceeded = True
+                    self.kill()
                 self._tail.append(chunk)
                 self._tail_size += len(chunk)
                 while self._tail_size - len(self._tail[0]) >= OUTPUT_TAIL:

@@ -54,10 +54,18 @@ class Client:
         retry_backoff: float | None = None,
         idempotency_key: str | None = None,
         datacenter: str | None = None,
+        limits: dict[str, int] | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
     ) -> int:
         """Queue ``function`` ("package.module:callable") of ``plugin``; return the task id.
 
         Once this returns, the task is durable and will reach a terminal state.
+
+        ``limits`` overrides the plugin's resource limits (memory_mb, cpu_seconds,
+        open_files, output_bytes). ``concurrency_limit`` caps how many attempts
+        sharing ``concurrency_key`` (default: this plugin and function) run at once
+        across the whole cluster.
         """
         task = build_task(
             function,
@@ -73,6 +81,9 @@ class Client:
             retry_backoff=retry_backoff,
             idempotency_key=idempotency_key,
             datacenter=datacenter,
+            limits=limits,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
             max_payload=self.max_payload,
         )
         return self._store.insert(task)

@@ -71,6 +71,9 @@ class Task:
     timeout: float | None
     max_attempts: int
     retry_backoff: float
+    limits: dict[str, int] | None
+    concurrency_key: str | None
+    concurrency_limit: int | None
     fence: int
     owner: str | None
     owner_datacenter: str | None
@@ -119,6 +122,9 @@ class Task:
             timeout=row["timeout_seconds"],
             max_attempts=int(row["max_attempts"]),
             retry_backoff=float(row["retry_backoff_seconds"]),
+            limits=None if row["limits"] is None else json.loads(row["limits"]),
+            concurrency_key=row["concurrency_key"],
+            concurrency_limit=row["concurrency_limit"],
             fence=int(row["fence"]),
             owner=row["owner"],
             owner_datacenter=row["owner_datacenter"],

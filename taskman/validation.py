@@ -21,6 +21,14 @@ FUNCTION_REF = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 VERSION = re.compile(r"^\d+(\.\d+){0,5}$")
 DATACENTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Resource limits a plugin sets under [limits] and a task may override.
+LIMIT_KEYS = {
+    "memory_mb": "address space of the runner, MiB (RLIMIT_AS)",
+    "cpu_seconds": "CPU time of the runner, seconds (RLIMIT_CPU)",
+    "open_files": "open file descriptors (RLIMIT_NOFILE)",
+    "output_bytes": "bytes the task may print to stdout and stderr",
+}
+MAX_CONCURRENCY = 10_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,9 @@ class NewTask:
     max_attempts: int
     retry_backoff: float
     idempotency_key: str | None
+    limits_json: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
 
 def check_function(function: object) -> str:
@@ -102,6 +113,9 @@ def build_task(
     retry_backoff: object = None,
     idempotency_key: object = None,
     datacenter: object = None,
+    limits: object = None,
+    concurrency_key: object = None,
+    concurrency_limit: object = None,
     now: datetime | None = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> NewTask:
@@ -153,7 +167,48 @@ def build_task(
             "retry_backoff", retry_backoff, default=DEFAULT_RETRY_BACKOFF, allow_zero=True
         ),
         idempotency_key=_check_key(idempotency_key),
+        limits_json=None if limits is None else encode_json("limits", check_limits(limits)),
+        concurrency_key=_check_concurrency_key(concurrency_key, concurrency_limit),
+        concurrency_limit=check_concurrency_limit("concurrency_limit", concurrency_limit),
     )
+
+
+def check_limits(value: object, where: str = "limits") -> dict[str, int]:
+    """Resource limits: known keys, positive integers."""
+    if not isinstance(value, dict):
+        raise ValidationError(f"{where} must be a table of limits ({', '.join(LIMIT_KEYS)})")
+    checked = {}
+    for key, number in value.items():
+        if key not in LIMIT_KEYS:
+            raise ValidationError(
+                f"{where}: unknown limit {key!r}; known limits: {', '.join(LIMIT_KEYS)}"
+            )
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValidationError(f"{where}: {key} must be a positive integer, got {number!r}")
+        checked[key] = number
+    return checked
+
+
+def check_concurrency_limit(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise ValidationError(
+            f"{name} must be an integer from 1 to {MAX_CONCURRENCY}, got {value!r}"
+        )
+    return value
+
+
+def _check_concurrency_key(key: object, limit: object) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= 200:
+        raise ValidationError(
+            "concurrency_key must be a non-empty string of at most 200 characters"
+        )
+    if limit is None:
+        raise ValidationError("concurrency_key needs a concurrency_limit")
+    return key
 
 
 def _check_datacenter(value: object) -> str | None:

@@ -34,7 +34,8 @@ SHOW_CREATE_TABLE = "SHOW CREATE TABLE `{table}`"  # table names come from LIST_
 TASK_COLUMNS = (
     "id, request_id, idempotency_key, plugin, plugin_version, `function`, args, kwargs, "
     "priority, datacenter, not_before, not_after, run_after, timeout_seconds, max_attempts, "
-    "retry_backoff_seconds, state, fence, owner, owner_datacenter, attempt, failures, reclaims, "
+    "retry_backoff_seconds, limits, concurrency_key, concurrency_limit, state, fence, owner, "
+    "owner_datacenter, attempt, failures, reclaims, "
     "heartbeat_at, progress, progress_message, abort_requested, result, error_type, "
     "error_message, created_at, started_at, finished_at, updated_at"
 )
@@ -42,9 +43,9 @@ TASK_COLUMNS = (
 INSERT_TASK = (
     "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
     "kwargs, priority, datacenter, not_before, not_after, run_after, timeout_seconds, "
-    "max_attempts, retry_backoff_seconds, state) "
+    "max_attempts, retry_backoff_seconds, limits, concurrency_key, concurrency_limit, state) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, GREATEST(NOW(6), COALESCE(%s, NOW(6))), "
-    "%s, %s, %s, 'queued')"
+    "%s, %s, %s, %s, %s, %s, 'queued')"
 )
 TASK_BY_REQUEST_ID = "SELECT id FROM tasks WHERE request_id = %s"
 TASK_BY_IDEMPOTENCY_KEY = (
@@ -81,13 +82,18 @@ TASK_STATE = "SELECT state, fence, attempt, owner, abort_requested FROM tasks WH
 # a plugin (and pinned version) this node has. The plugin filter is built from
 # CANDIDATE_PLUGIN_TERM, one term per installed plugin.
 CANDIDATES = (
-    "SELECT id, attempt, plugin, plugin_version, `function` FROM tasks FORCE INDEX (tasks_claim) "
+    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit "
+    "FROM tasks FORCE INDEX (tasks_claim) "
     "WHERE state = 'queued' AND run_after <= NOW(6) "
     "AND (not_after IS NULL OR not_after > NOW(6)) "
     "AND (datacenter IS NULL OR datacenter = %s) "
-    "AND ({plugins}) "
+    "AND ({plugins}){blocked} "
     "ORDER BY priority DESC, run_after, id LIMIT %s"
 )
+# Tasks whose concurrency cap is full right now are left out, so they do not
+# hide the rest of the queue from this node.
+CANDIDATE_BLOCKED_KEYS = " AND (concurrency_key IS NULL OR concurrency_key NOT IN ({keys}))"
+CANDIDATE_BLOCKED_FUNCTIONS = " AND (plugin, `function`) NOT IN ({pairs})"
 CANDIDATE_PLUGIN_TERM = (
     "(plugin = %s AND (plugin_version IS NULL OR plugin_version IN ({versions})))"
 )
@@ -108,7 +114,7 @@ INSERT_ATTEMPT = (
 )
 CLAIMED_TASK = (
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
-    "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested "
+    "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits "
     "FROM tasks WHERE id = %s"
 )
 

@@ -41,6 +41,8 @@ class Candidate:
     plugin: str
     plugin_version: str | None
     function: str
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Claim:
     failures: int
     retry_backoff: float
     abort_requested: bool
+    limits: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ class TaskStore:
                         task.timeout,
                         task.max_attempts,
                         task.retry_backoff,
+                        task.limits_json,
+                        task.concurrency_key,
+                        task.concurrency_limit,
                     ),
                 )
                 return int(cur.lastrowid)
@@ -237,20 +243,41 @@ class TaskStore:
 
     # -- node: claims ----------------------------------------------------------
     def candidates(
-        self, datacenter: str, plugins: dict[str, list[str]], limit: int
+        self,
+        datacenter: str,
+        plugins: dict[str, list[str]],
+        limit: int,
+        *,
+        blocked_keys: frozenset[str] = frozenset(),
+        blocked_functions: frozenset[tuple[str, str]] = frozenset(),
     ) -> list[Candidate]:
-        """Due queued tasks this node could run, best first."""
+        """Due queued tasks this node could run, best first, leaving out full concurrency caps."""
         if not plugins or limit <= 0:
             return []
         terms, args = [], [datacenter]
         for name, versions in sorted(plugins.items()):
             terms.append(q.CANDIDATE_PLUGIN_TERM.format(versions=", ".join(["%s"] * len(versions))))
             args.extend([name, *versions])
-        sql = q.CANDIDATES.format(plugins=" OR ".join(terms))
+        blocked = ""
+        if blocked_keys:
+            blocked += q.CANDIDATE_BLOCKED_KEYS.format(keys=", ".join(["%s"] * len(blocked_keys)))
+            args.extend(sorted(blocked_keys))
+        if blocked_functions:
+            pairs = ", ".join(["(%s, %s)"] * len(blocked_functions))
+            blocked += q.CANDIDATE_BLOCKED_FUNCTIONS.format(pairs=pairs)
+            for pair in sorted(blocked_functions):
+                args.extend(pair)
+        sql = q.CANDIDATES.format(plugins=" OR ".join(terms), blocked=blocked)
         rows = self.db.query(sql, [*args, limit])
         return [
             Candidate(
-                int(r["id"]), int(r["attempt"]), r["plugin"], r["plugin_version"], r["function"]
+                int(r["id"]),
+                int(r["attempt"]),
+                r["plugin"],
+                r["plugin_version"],
+                r["function"],
+                r["concurrency_key"],
+                r["concurrency_limit"],
             )
             for r in rows
         ]
@@ -285,6 +312,7 @@ class TaskStore:
                 failures=int(row["failures"]),
                 retry_backoff=float(row["retry_backoff_seconds"]),
                 abort_requested=bool(row["abort_requested"]),
+                limits=None if row["limits"] is None else json.loads(row["limits"]),
             )
 
         def fn(cur: Cursor) -> Claim | None:

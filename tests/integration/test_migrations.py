@@ -22,6 +22,9 @@ from taskman.store.migrations import (
 
 EXPECTED_TABLES = {"attempts", "leadership", "taskman_schema", "tasks"}
 
+ALL = [(m.version, m.name) for m in available()]
+VERSIONS = [version for version, _ in ALL]
+
 
 @pytest.fixture
 def empty_database(mariadb: MariaDBServer) -> Iterator[Callable[[], str]]:
@@ -65,11 +68,13 @@ def _tables(url: str) -> set[str]:
 
 
 def test_the_known_migrations() -> None:
+    # Pinned: adding a migration must change this list.
     assert [(m.version, m.name) for m in available()] == [
         (1, "tasks_and_attempts"),
         (2, "leadership_epoch"),
+        (3, "limits_and_concurrency"),
     ]
-    assert latest_version() == 2
+    assert latest_version() == 3
 
 
 def test_migrate_twice_applies_nothing_the_second_time(dsn: str) -> None:
@@ -78,7 +83,7 @@ def test_migrate_twice_applies_nothing_the_second_time(dsn: str) -> None:
     assert migrate(dsn) == []
     assert migrate(dsn) == []
     assert schema_fingerprint(dsn) == before
-    assert _schema_rows(dsn) == [(1, "tasks_and_attempts"), (2, "leadership_epoch")]
+    assert _schema_rows(dsn) == ALL
 
 
 def test_fresh_migrate_records_every_version(empty_database: Callable[[], str]) -> None:
@@ -90,12 +95,12 @@ def test_fresh_migrate_records_every_version(empty_database: Callable[[], str]) 
     finally:
         db.close()
 
-    assert migrate(url) == [1, 2]
+    assert migrate(url) == VERSIONS
     assert _tables(url) == EXPECTED_TABLES
-    assert _schema_rows(url) == [(1, "tasks_and_attempts"), (2, "leadership_epoch")]
+    assert _schema_rows(url) == ALL
     db = Database(url)
     try:
-        assert applied_versions(db) == [1, 2]
+        assert applied_versions(db) == VERSIONS
     finally:
         db.close()
     assert migrate(url) == []
@@ -110,10 +115,10 @@ def test_stepwise_migration_gives_the_same_schema_as_a_fresh_one(
     assert _tables(stepwise) == {"attempts", "taskman_schema", "tasks"}
     assert _schema_rows(stepwise) == [(1, "tasks_and_attempts")]
     assert migrate(stepwise, target=1) == []
-    assert migrate(stepwise) == [2]
-    assert _schema_rows(stepwise) == [(1, "tasks_and_attempts"), (2, "leadership_epoch")]
+    assert migrate(stepwise) == VERSIONS[1:]
+    assert _schema_rows(stepwise) == ALL
 
-    assert migrate(fresh) == [1, 2]
+    assert migrate(fresh) == VERSIONS
 
     one, other = schema_fingerprint(stepwise), schema_fingerprint(fresh)
     assert set(one) == EXPECTED_TABLES
@@ -153,8 +158,7 @@ def test_a_future_schema_version_is_refused(dsn: str) -> None:
         migrate(dsn, target=1)
     assert schema_fingerprint(dsn) == before
     assert _schema_rows(dsn) == [
-        (1, "tasks_and_attempts"),
-        (2, "leadership_epoch"),
+        *ALL,
         (999, "from_the_future"),
     ]
 
@@ -172,7 +176,7 @@ def test_a_refused_migration_releases_the_migration_lock(
     finally:
         db.close()
     # And another database can still be migrated right away.
-    assert migrate(empty_database()) == [1, 2]
+    assert migrate(empty_database()) == VERSIONS
 
 
 def test_concurrent_migrations_apply_each_version_once(
@@ -189,5 +193,5 @@ def test_concurrent_migrations_apply_each_version_once(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run) for _ in range(workers)]
         results = [f.result(timeout=120) for f in futures]  # re-raises any error
-    assert sorted(results) == [[], [], [], [1, 2]]
-    assert _schema_rows(url) == [(1, "tasks_and_attempts"), (2, "leadership_epoch")]
+    assert sorted(results) == [[], [], [], VERSIONS]
+    assert _schema_rows(url) == ALL

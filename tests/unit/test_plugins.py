@@ -92,7 +92,9 @@ def test_invalid_manifest_names_the_file(tmp_path: Path, extra: str, message: st
 
 
 def test_unknown_key_lists_the_known_keys(tmp_path: Path) -> None:
-    with pytest.raises(PluginError, match="known: description, env, functions, name, path"):
+    with pytest.raises(
+        PluginError, match="known: concurrency, description, env, functions, limits, name"
+    ):
         load_manifest(make_plugin(tmp_path, "p", extra="x = 1\n"))
 
 

@@ -84,3 +84,71 @@ def chatty(lines: int = 1000) -> int:
 
 def not_json() -> object:
     return object()
+
+
+def ignore_term(seconds: float) -> str:
+    """A task that ignores SIGTERM: only SIGKILL stops it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+    return "finished anyway"
+
+
+def hog_memory(megabytes: int) -> int:
+    """Allocate until the memory limit stops it."""
+    chunks = [bytearray(1024 * 1024) for _ in range(megabytes)]
+    return len(chunks)
+
+
+def burn_cpu(seconds: float) -> int:
+    deadline = time.process_time() + seconds
+    spins = 0
+    while time.process_time() < deadline:
+        spins += 1
+    return spins
+
+
+def open_many(count: int) -> int:
+    files = [open(os.devnull, encoding="utf-8") for _ in range(count)]  # noqa: SIM115
+    for fh in files:
+        fh.close()
+    return count
+
+
+def spew(megabytes: int) -> int:
+    """Print megabytes of output."""
+    line = "x" * 1023 + "\n"
+    for _ in range(megabytes * 1024):
+        sys.stdout.write(line)
+    return megabytes
+
+
+def settle(seconds: float, directory: str) -> int:
+    """A capped task that measures how many of its kind run at once, by itself.
+
+    Each running attempt keeps a marker file named after its pid; every 20 ms it
+    counts the markers whose process is alive (a killed attempt leaves its marker
+    behind, but its pid is dead). Returns the largest count it saw.
+    """
+    marker = os.path.join(directory, f"run.{runtime.task_id()}.{runtime.attempt()}.{os.getpid()}")
+    with open(marker, "w", encoding="utf-8"):
+        pass
+    most = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            alive = 0
+            for name in os.listdir(directory):
+                if not name.startswith("run."):
+                    continue
+                try:
+                    os.kill(int(name.rsplit(".", 1)[1]), 0)
+                    alive += 1
+                except (ProcessLookupError, ValueError, IndexError):
+                    pass
+            most = max(most, alive)
+            with open(os.path.join(directory, f"max.{os.getpid()}"), "w", encoding="utf-8") as fh:
+                fh.write(str(most))
+            time.sleep(0.02)
+    finally:
+        os.unlink(marker)
+    return most
