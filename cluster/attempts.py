@@ -13,6 +13,7 @@ from taskman.plugins import Plugin
 from taskman.runner import Runner
 from taskman.states import Outcome, TaskState
 from taskman.store import Claim
+from taskman.validation import DEFAULT_RETRY_BACKOFF
 
 
 @dataclass
@@ -82,7 +83,11 @@ def failure_ending(
             error_type,
             message,
             traceback,
-            retry_delay=backoff(claim.retry_backoff, failures, backoff_cap),
+            retry_delay=backoff(
+                DEFAULT_RETRY_BACKOFF if claim.retry_backoff is None else claim.retry_backoff,
+                failures,
+                backoff_cap,
+            ),
         )
     summary = None
     if not permanent:

@@ -14,6 +14,7 @@ frozen by SIGSTOP leaves nothing running when its session expires.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import random
@@ -353,6 +354,8 @@ class Node:
             self.config.datacenter,
             version or "",
         )
+        if claim is not None and claim.retry_backoff is None:
+            claim = dataclasses.replace(claim, retry_backoff=self.config.retry_backoff)
         if claim is None:
             self._release(candidate.task_id, attempt)
             return False
@@ -590,6 +593,10 @@ class Node:
             max_reclaims=self.config.max_reclaims,
             unrunnable_grace=self.config.unrunnable_grace,
         )
+        from taskman.cluster.ticker import Ticker  # schedules (docs/schedules.md)
+        from taskman.store.schedules import ScheduleStore
+
+        ticker = Ticker(ScheduleStore(reaper.store.db))  # same connection, same leader thread
         term: int | None = None
         while not self._leader_done.is_set():
             if not self.monitor.healthy(within=self.config.session_timeout / 3):
@@ -615,6 +622,7 @@ class Node:
                         continue
                     term, self.is_leader = epoch, True
                     self.log.info("leader.elected", epoch=epoch)
+                ticker.run(epoch)  # first: it never raises, so a failing reap cannot stall ticks
                 reaper.reap(epoch)
             except (TaskmanError, KazooException) as exc:
                 self.log.warning("leader.reap_failed", error=str(exc))

@@ -70,7 +70,7 @@ class Task:
     run_after: datetime | None
     timeout: float | None
     max_attempts: int
-    retry_backoff: float
+    retry_backoff: float | None  # None: the node's default applies
     limits: dict[str, int] | None
     concurrency_key: str | None
     concurrency_limit: int | None
@@ -121,7 +121,7 @@ class Task:
             run_after=_utc(row["run_after"]),
             timeout=row["timeout_seconds"],
             max_attempts=int(row["max_attempts"]),
-            retry_backoff=float(row["retry_backoff_seconds"]),
+            retry_backoff=row["retry_backoff_seconds"],
             limits=None if row["limits"] is None else json.loads(row["limits"]),
             concurrency_key=row["concurrency_key"],
             concurrency_limit=row["concurrency_limit"],

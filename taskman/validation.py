@@ -14,7 +14,7 @@ from taskman.errors import PayloadTooLargeError, ValidationError
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes of JSON for args + kwargs
 DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_RETRY_BACKOFF = 1.0  # seconds before the first retry; doubles each time
+DEFAULT_RETRY_BACKOFF = 1.0  # a node's default seconds before the first retry; doubles each time
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 FUNCTION_REF = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
@@ -47,7 +47,7 @@ class NewTask:
     not_after: datetime | None
     timeout: float | None
     max_attempts: int
-    retry_backoff: float
+    retry_backoff: float | None
     idempotency_key: str | None
     limits_json: str | None = None
     concurrency_key: str | None = None
@@ -163,9 +163,8 @@ def build_task(
         not_after=na,
         timeout=_positive("timeout", timeout, allow_none=True),
         max_attempts=_check_attempts(max_attempts),
-        retry_backoff=_positive(
-            "retry_backoff", retry_backoff, default=DEFAULT_RETRY_BACKOFF, allow_zero=True
-        ),
+        # None: the claiming node's retry_backoff applies.
+        retry_backoff=_positive("retry_backoff", retry_backoff, allow_none=True, allow_zero=True),
         idempotency_key=_check_key(idempotency_key),
         limits_json=None if limits is None else encode_json("limits", check_limits(limits)),
         concurrency_key=_check_concurrency_key(concurrency_key, concurrency_limit),

@@ -15,6 +15,7 @@ from taskman.cli.common import (
 )
 from taskman.cli.exitcodes import Exit
 from taskman.client import Client
+from taskman.errors import ValidationError
 from taskman.models import Task
 from taskman.states import TaskState
 
@@ -39,6 +40,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--retry-backoff", type=float, help="seconds before the first retry (default 1)")
     p.add_argument("--idempotency-key", help="the same key returns the same task")
     p.add_argument("--datacenter", help="run only in this datacenter")
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="resource limit overriding the plugin's: memory_mb, cpu_seconds, open_files, "
+        "output_bytes (repeatable)",
+    )
+    p.add_argument(
+        "--concurrency-limit",
+        type=int,
+        help="at most this many attempts with the same key run at once, cluster-wide",
+    )
+    p.add_argument(
+        "--concurrency-key", help="the key for --concurrency-limit (default: plugin and function)"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the task to finish")
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
     add_dsn(p)
@@ -100,6 +117,9 @@ def submit(args: argparse.Namespace) -> int:
             retry_backoff=args.retry_backoff,
             idempotency_key=args.idempotency_key,
             datacenter=args.datacenter,
+            limits=parse_limits(args.limit),
+            concurrency_key=args.concurrency_key,
+            concurrency_limit=args.concurrency_limit,
         )
         if not args.wait:
             emit({"id": task_id}) if args.json else print(task_id)
@@ -107,6 +127,18 @@ def submit(args: argparse.Namespace) -> int:
         task = client.wait(task_id, timeout=args.wait_timeout)
         show(task, args.json)
         return _final_code(task)
+
+
+def parse_limits(items: list[str]) -> dict[str, int] | None:
+    if not items:
+        return None
+    limits: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValidationError(f"--limit {item!r}: expected NAME=N, e.g. memory_mb=512")
+        limits[name.strip()] = int(value)
+    return limits
 
 
 def status(args: argparse.Namespace) -> int:

@@ -60,7 +60,7 @@ class Claim:
     timeout: float | None
     max_attempts: int
     failures: int
-    retry_backoff: float
+    retry_backoff: float | None  # None: the node's default
     abort_requested: bool
     limits: dict[str, int] | None = None
 
@@ -310,7 +310,7 @@ class TaskStore:
                 timeout=row["timeout_seconds"],
                 max_attempts=int(row["max_attempts"]),
                 failures=int(row["failures"]),
-                retry_backoff=float(row["retry_backoff_seconds"]),
+                retry_backoff=row["retry_backoff_seconds"],
                 abort_requested=bool(row["abort_requested"]),
                 limits=None if row["limits"] is None else json.loads(row["limits"]),
             )

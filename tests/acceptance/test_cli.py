@@ -133,3 +133,25 @@ def test_nodes_lists_live_nodes_and_the_leader(
     assert {n["node_id"]: n["datacenter"] for n in data["nodes"]} == {"a": "dc1", "b": "dc2"}
     assert data["leader"] == "a" and [n["leader"] for n in data["nodes"]] == [True, False]
     assert data["nodes"][0]["plugins"]["greeter"] == ["1.0", "2.0"]
+
+
+def test_submit_takes_limits_and_refuses_unknown_ones(start_node: StartNode, dsn: str) -> None:
+    start_node("a")
+    hog = taskman(
+        "submit",
+        "demo.tasks:hog_memory",
+        "--plugin",
+        "demo",
+        "--args",
+        "[2000]",
+        "--limit",
+        "memory_mb=300",
+        "--max-attempts",
+        "1",
+        "--wait",
+        dsn=dsn,
+    )
+    assert hog.returncode == Exit.TASK_FAILED
+    assert "memory limit (memory_mb = 300)" in hog.stdout
+    bad = taskman("submit", "demo.tasks:add", "--plugin", "demo", "--limit", "disk_gb=3", dsn=dsn)
+    assert bad.returncode == Exit.INVALID and "unknown limit 'disk_gb'" in bad.stderr

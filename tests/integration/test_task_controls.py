@@ -206,3 +206,36 @@ def _alive(name: str) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_progress_is_visible_within_two_seconds(start_node: StartNode, client: Client) -> None:
+    start_node("a")
+    task_id = client.submit("demo.tasks:sleep", plugin="demo", args=(4,))
+    started = wait_state(client, task_id, TaskState.RUNNING)
+    assert started.started_at is not None
+    seen = wait_until(
+        lambda: (t := client.get(task_id)).progress is not None and t.progress > 0 and t,
+        5,
+        "progress to show",
+    )
+    lag = (datetime.now(UTC) - started.started_at).total_seconds()
+    print(
+        f"\nprogress visible {lag:.2f} s after start: {seen.progress:.0%} {seen.progress_message}"
+    )
+    assert lag < 2.5
+    assert "s left" in (seen.progress_message or "")
+    done = wait_state(client, task_id, TaskState.SUCCEEDED)
+    assert done.progress == 1.0
+
+
+def test_the_node_default_backoff_applies_when_the_task_sets_none(
+    start_node: StartNode, client: Client
+) -> None:
+    start_node("a", retry_backoff=2.0)
+    task_id = client.submit("demo.tasks:fail", plugin="demo", max_attempts=2)
+    assert client.get(task_id).retry_backoff is None
+    task = wait_state(client, task_id, TaskState.FAILED, timeout=20)
+    first, second = task.attempts
+    assert first.ended_at is not None and second.started_at is not None
+    gap = (second.started_at - first.ended_at).total_seconds()
+    assert 1.0 - 0.05 <= gap <= 3.0 + POLL + 0.5  # 2 s x jitter 0.5-1.5

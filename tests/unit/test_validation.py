@@ -334,11 +334,13 @@ def test_defaults() -> None:
         not_after=None,
         timeout=None,
         max_attempts=DEFAULT_MAX_ATTEMPTS,
-        retry_backoff=DEFAULT_RETRY_BACKOFF,
+        retry_backoff=None,
         idempotency_key=None,
     )
     assert task.max_attempts == 3
-    assert task.retry_backoff == 1.0
+    # No backoff given: the node's default (DEFAULT_RETRY_BACKOFF unless configured) applies.
+    assert task.retry_backoff is None
+    assert DEFAULT_RETRY_BACKOFF == 1.0
 
 
 def test_request_id_is_32_hex_characters_and_unique_per_call() -> None:
