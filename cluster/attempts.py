@@ -29,6 +29,7 @@ class ActiveAttempt:
     progress: tuple[float, str] | None = None  # the newest progress not yet written
     final: dict[str, Any] | None = None  # the child's result or error message
     claimed_at: float = field(default_factory=time.monotonic)
+    last_beat: float = field(default_factory=time.monotonic)  # last heartbeat the DB accepted
 
     @property
     def key(self) -> tuple[int, int]:

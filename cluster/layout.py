@@ -25,6 +25,13 @@ class ClusterPaths:
     def leader(self) -> str:
         return f"{self.base}/leader"
 
+    @property
+    def drain_requests(self) -> str:
+        return f"{self.base}/drain"
+
+    def drain(self, node_id: str) -> str:
+        return f"{self.drain_requests}/{node_id}"
+
     def node(self, node_id: str) -> str:
         return f"{self.nodes}/{node_id}"
 
@@ -34,7 +41,7 @@ class ClusterPaths:
         return f"{self.claims}/{claim_name(task_id, attempt)}"
 
     def all(self) -> tuple[str, ...]:
-        return (self.nodes, self.claims, self.leader)
+        return (self.nodes, self.claims, self.leader, self.drain_requests)
 
 
 def claim_name(task_id: int, attempt: int) -> str:

@@ -26,8 +26,10 @@ from typing import Any
 import structlog
 from kazoo.exceptions import KazooException
 from kazoo.recipe.lock import Semaphore
+from kazoo.recipe.watchers import DataWatch
 
 import taskman
+from taskman import metrics
 from taskman.cluster import membership
 from taskman.cluster.attempts import (
     ActiveAttempt,
@@ -38,9 +40,10 @@ from taskman.cluster.attempts import (
 )
 from taskman.cluster.concurrency import ConcurrencyGate, cap_for
 from taskman.cluster.election import LeaderElection
+from taskman.cluster.endpoints import CachedCheck, Endpoints
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.lease import ClaimLease
-from taskman.cluster.reaper import Reaper
+from taskman.cluster.reaper import Reaper, ReapReport
 from taskman.cluster.zk import SessionMonitor, connect, wait
 from taskman.config import NodeConfig
 from taskman.errors import (
@@ -54,11 +57,14 @@ from taskman.errors import (
 from taskman.plugins import Plugin, PluginRegistry
 from taskman.runner import Runner, RunnerEvent, RunnerSpec, describe_exit
 from taskman.states import Outcome, TaskState
-from taskman.store import Candidate, Database, TaskStore
+from taskman.store import Candidate, Claim, Database, TaskStore
 from taskman.store.migrations import applied_versions, latest_version
 
 log = structlog.get_logger("taskman.node")
 REAP_INTERVAL = 0.5
+MEMBER_UPDATE_INTERVAL = 1.0  # slots_used in membership is at most this stale
+QUEUE_DEPTH_INTERVAL = 5.0
+PRUNE_INTERVAL = 5.0  # retention passes: at most 1 s of small DELETE batches each  # a COUNT over the whole table: not on every reaper pass
 RUNNER_SILENCE_LIMIT = 60.0  # a child whose heartbeat thread is silent this long is hung
 
 
@@ -81,6 +87,10 @@ class Node:
         self.is_leader = False
         self.started = threading.Event()
         self._guard_done = threading.Event()
+        self._next_depth = 0.0
+        self._next_prune = 0.0
+        self._published_used = 0
+        self._next_member_update = 0.0
         self._leader_done = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------
@@ -127,6 +137,11 @@ class Node:
         self._leader_thread.start()
         self._guard_thread = threading.Thread(target=self._guard, name="guard", daemon=True)
         self._guard_thread.start()
+        self._watch_drain()
+        self.endpoints: Endpoints | None = None
+        if self.config.metrics_address:
+            self.endpoints = self._serve_endpoints(self.config.metrics_address)
+        self._publish_gauges(time.monotonic())
         for problem in self.registry.problems:
             self.log.error("plugin.rejected", problem=problem)
         self.log.info(
@@ -137,11 +152,49 @@ class Node:
         )
         self.started.set()
 
+    def _serve_endpoints(self, address: str) -> Endpoints:
+        probe_db = Database(
+            self.config.dsn, retry_deadline=0.0, connect_timeout=2.0, read_timeout=2.0
+        )
+
+        def zookeeper() -> tuple[bool, str]:
+            silence = self.monitor.silence()
+            ok = self.monitor.healthy(within=self.config.session_timeout / 3)
+            return ok, f"last confirmed round trip {silence:.1f} s ago, state {self.monitor.state}"
+
+        def database() -> tuple[bool, str]:
+            ok = probe_db.ping()
+            return ok, "answers" if ok else "does not answer"
+
+        endpoints = Endpoints(
+            address,
+            {"zookeeper": zookeeper, "database": CachedCheck(database)},
+            {"node_id": self.config.node_id, "datacenter": self.config.datacenter},
+        )
+        endpoints.start()
+        self.log.info("node.endpoints", address=f"{endpoints.host}:{endpoints.port}")
+        return endpoints
+
+    def _watch_drain(self) -> None:
+        """`taskman node drain` creates drain/<node_id>; the node then drains and exits."""
+
+        def on_change(data: bytes | None, stat: Any) -> bool:
+            if stat is not None and not self._stopping.is_set():
+                self.log.info("node.drain_requested")
+                self.stop(drain=True, timeout=self.config.drain_timeout)
+            return not self._stopping.is_set()
+
+        path = self.paths.drain(self.config.node_id)
+        with contextlib.suppress(KazooException, CoordinationError):
+            wait(self.zk.delete_async(path))  # a request addressed to an earlier run
+        DataWatch(self.zk, path, on_change)
+
     def _member_info(self) -> dict[str, Any]:
         return {
             "node_id": self.config.node_id,
             "datacenter": self.config.datacenter,
             "slots": self.config.slots,
+            "slots_used": len(self.active),
             "plugins": self.registry.available(),
             "taskman_version": taskman.__version__,
             "host": socket.gethostname(),
@@ -150,6 +203,8 @@ class Node:
         }
 
     def _shutdown(self) -> None:
+        if getattr(self, "endpoints", None) is not None:
+            self.endpoints.stop()  # type: ignore[union-attr]
         self._guard_done.set()
         self._leader_done.set()
         self.monitor.stop()
@@ -175,6 +230,8 @@ class Node:
             self._drain_events(timeout=0.05)
             now = time.monotonic()
             self._check_session()
+            self._publish_gauges(now)
+            self._publish_membership(now)
             if now >= next_heartbeat:
                 next_heartbeat = now + cfg.heartbeat_interval
                 self._heartbeat(now)
@@ -190,6 +247,27 @@ class Node:
                 claimed, wanted = self._claim()
                 # A full batch means more work is waiting: look again at once.
                 next_poll = now if claimed and claimed == wanted else now + cfg.poll_interval
+
+    def _publish_gauges(self, now: float) -> None:
+        metrics.RUNNERS.set(sum(1 for a in self.active.values() if a.runner.alive))
+        metrics.SLOTS_FREE.set(max(0, self.config.slots - len(self.active)))
+        metrics.ZK_CONNECTED.set(int(self.monitor.healthy(within=self.config.session_timeout / 3)))
+        metrics.IS_LEADER.set(int(self.is_leader))
+        beats = [a.last_beat for a in self.active.values() if not a.reported and not a.fenced]
+        metrics.OLDEST_HEARTBEAT_AGE.set(now - min(beats) if beats else 0.0)
+
+    def _publish_membership(self, now: float) -> None:
+        used = len(self.active)
+        if used == self._published_used or now < self._next_member_update:
+            return
+        self._next_member_update = now + MEMBER_UPDATE_INTERVAL
+        if not self.monitor.healthy(within=self.config.session_timeout / 3):
+            return
+        try:
+            membership.update(self.zk, self.paths, self.config.node_id, self._member_info())
+            self._published_used = used
+        except (KazooException, CoordinationError) as exc:
+            self.log.info("node.membership_update_failed", error=str(exc))
 
     def _may_claim(self) -> bool:
         return (
@@ -227,6 +305,7 @@ class Node:
                 if not self._fenced_episode:
                     self._fenced_episode = True
                     self._count("self_fenced")
+                    metrics.SELF_FENCED.inc()
                     self.log.error(
                         "node.self_fenced",
                         reason="session lost"
@@ -337,6 +416,7 @@ class Node:
             if semaphore is None:
                 self._count("concurrency_full")
                 return False
+        claim_started = time.monotonic()
         token = self.lease.acquire(candidate.task_id, attempt)
         if token is None:
             self._count("claim_lost_race")
@@ -360,6 +440,9 @@ class Node:
             self._release(candidate.task_id, attempt)
             return False
         self._count("claimed")
+        metrics.CLAIM_SECONDS.observe(time.monotonic() - claim_started)
+        metrics.TASKS_CLAIMED.labels(claim.plugin).inc()
+        metrics.SUBMIT_TO_START.observe(claim.waited)
         self.log.info(
             "task.claimed",
             task_id=claim.task_id,
@@ -413,7 +496,7 @@ class Node:
             error_message=ending.error_message,
             retry_delay=ending.retry_delay,
         )
-        self._log_ending(claim.task_id, claim.attempt, claim.fence, ending, ok)
+        self._log_ending(claim, ending, ok)
         self._release(claim.task_id, claim.attempt)
 
     # -- runner events ---------------------------------------------------------------
@@ -423,7 +506,9 @@ class Node:
             return
         message = event.message
         kind = message.get("t")
-        if kind == "progress":
+        if kind == "ready":
+            metrics.SPAWN_SECONDS.observe(time.monotonic() - active.runner.started_at)
+        elif kind == "progress":
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 active.progress = (float(message["fraction"]), str(message.get("message", "")))
         elif kind in ("result", "error"):
@@ -473,12 +558,15 @@ class Node:
                 counts_as_failure=ending.counts_as_failure,
                 task_error_message=ending.summary,
             )
+            metrics.ATTEMPT_SECONDS.labels(claim.plugin, ending.outcome.value).observe(
+                time.monotonic() - active.claimed_at
+            )
         except StoreError as exc:
             # Keep the claim: releasing it would let the leader re-run finished work.
             self.log.warning("task.record_failed", task_id=claim.task_id, error=str(exc))
             self.unrecorded.append((active, ending))
             return
-        self._log_ending(claim.task_id, claim.attempt, claim.fence, ending, ok)
+        self._log_ending(claim, ending, ok)
         self._release(claim.task_id, claim.attempt)
 
     def _retry_unrecorded(self) -> None:
@@ -486,23 +574,33 @@ class Node:
         for active, ending in pending:
             self._record(active, ending)
 
-    def _log_ending(self, task_id: int, attempt: int, fence: int, ending: Ending, ok: bool) -> None:
+    def _log_ending(self, claim: Claim, ending: Ending, ok: bool) -> None:
         fields = {
-            "task_id": task_id,
-            "attempt": attempt,
-            "token": fence,
+            "task_id": claim.task_id,
+            "attempt": claim.attempt,
+            "token": claim.fence,
             "outcome": ending.outcome.value,
         }
         if not ok:
             self._count("fenced")
+            metrics.FENCED.labels("outcome").inc()
             self.log.warning("task.fenced", write="outcome", **fields)
             return
         if ending.state is TaskState.QUEUED:
             self._count("retried")
+            if ending.counts_as_failure:
+                metrics.TASKS_RETRIED.labels(claim.plugin).inc()
             self.log.info("task.retry", delay=ending.retry_delay, error=ending.error_type, **fields)
-        else:
-            self._count(ending.state.value)
-            self.log.info(f"task.{ending.state.value}", error=ending.error_type, **fields)
+            return
+        self._count(ending.state.value)
+        counter = {
+            TaskState.SUCCEEDED: metrics.TASKS_SUCCEEDED,
+            TaskState.FAILED: metrics.TASKS_FAILED,
+            TaskState.ABORTED: metrics.TASKS_ABORTED,
+        }.get(ending.state)
+        if counter is not None:
+            counter.labels(claim.plugin).inc()
+        self.log.info(f"task.{ending.state.value}", error=ending.error_type, **fields)
 
     # -- heartbeats, progress, abort, timeouts -------------------------------------------
     def _heartbeat(self, now: float) -> None:
@@ -528,6 +626,8 @@ class Node:
                 self._give_up_all("the database has not accepted heartbeats")
             return
         self._last_db_ok = now
+        for active in live:
+            active.last_beat = now
         by_id = {view.task_id: view for view in views}
         for active in live:
             view = by_id.get(active.claim.task_id)
@@ -542,6 +642,7 @@ class Node:
         active.fenced = True
         active.runner.kill()
         self._count("fenced")
+        metrics.FENCED.labels(write).inc()
         self.log.warning(
             "task.fenced",
             write=write,
@@ -583,6 +684,30 @@ class Node:
                 active.runner.kill()
 
     # -- leadership ------------------------------------------------------------------
+    def _retention(self) -> dict[TaskState, float]:
+        cfg = self.config
+        return {
+            TaskState.SUCCEEDED: cfg.retention_succeeded,
+            TaskState.FAILED: cfg.retention_failed,
+            TaskState.ABORTED: cfg.retention_aborted,
+            TaskState.EXPIRED: cfg.retention_expired,
+        }
+
+    def _publish_reap(self, report: ReapReport, reaper: Reaper) -> None:
+        if report.node_lost:
+            metrics.RECLAIMED.labels("node_lost").inc(report.node_lost)
+        if report.heartbeat_lost:
+            metrics.RECLAIMED.labels("heartbeat_timeout").inc(report.heartbeat_lost)
+        if report.expired:
+            metrics.TASKS_EXPIRED.inc(report.expired)
+        now = time.monotonic()
+        if now >= self._next_depth:
+            # Only the leader publishes queue depth, so a sum over nodes is not N times too big.
+            self._next_depth = now + QUEUE_DEPTH_INTERVAL
+            counts = reaper.store.count_by_state()
+            for state in TaskState:
+                metrics.QUEUE_DEPTH.labels(state.value).set(counts.get(state.value, 0))
+
     def _lead(self) -> None:
         election = LeaderElection(self.zk, self.paths, self.config.node_id)
         reaper = Reaper(
@@ -604,6 +729,7 @@ class Node:
                     self.log.warning("leader.lost", epoch=term)
                     term = None
                     self.is_leader = False
+                    metrics.QUEUE_DEPTH.clear()
                     election.resign()
                 time.sleep(0.2)
                 continue
@@ -612,6 +738,7 @@ class Node:
                 if term is not None:
                     self.log.warning("leader.lost", epoch=term)
                     term, self.is_leader = None, False
+                    metrics.QUEUE_DEPTH.clear()
                 continue
             try:
                 if epoch != term:
@@ -623,7 +750,14 @@ class Node:
                     term, self.is_leader = epoch, True
                     self.log.info("leader.elected", epoch=epoch)
                 ticker.run(epoch)  # first: it never raises, so a failing reap cannot stall ticks
-                reaper.reap(epoch)
+                report = reaper.reap(epoch)
+                self._publish_reap(report, reaper)
+                if time.monotonic() >= self._next_prune:
+                    removed = reaper.prune(epoch, self._retention(), self.config.prune_batch, 1.0)
+                    metrics.TASKS_PRUNED.inc(removed)
+                    # Behind (a full batch or more): keep going on the next pass.
+                    behind = removed >= self.config.prune_batch
+                    self._next_prune = time.monotonic() + (0 if behind else PRUNE_INTERVAL)
             except (TaskmanError, KazooException) as exc:
                 self.log.warning("leader.reap_failed", error=str(exc))
             time.sleep(REAP_INTERVAL)

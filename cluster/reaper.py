@@ -22,7 +22,7 @@ import structlog
 from taskman.cluster import membership
 from taskman.cluster.layout import ClusterPaths, claim_name
 from taskman.cluster.lease import ClaimLease
-from taskman.states import Outcome
+from taskman.states import Outcome, TaskState
 from taskman.store import RunningTask, TaskStore
 
 log = structlog.get_logger("taskman.cluster")
@@ -70,6 +70,24 @@ class Reaper:
     def take_office(self, node_id: str, epoch: int) -> bool:
         self.forget()
         return self.store.take_leadership(ROLE, epoch, node_id)
+
+    def prune(
+        self, epoch: int, retention: dict[TaskState, float], batch: int, budget: float
+    ) -> int:
+        """Delete finished tasks past their retention, batch by batch, for at most ``budget`` s."""
+        deadline = time.monotonic() + budget
+        removed = 0
+        for state, age in retention.items():
+            if age <= 0:
+                continue
+            while time.monotonic() < deadline:
+                count = self.store.prune(state, age, role=ROLE, epoch=epoch, batch=batch)
+                removed += count
+                if count < batch:
+                    break
+        if removed:
+            log.info("tasks.pruned", count=removed)
+        return removed
 
     def reap(self, epoch: int) -> ReapReport:
         running = self.store.running()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pymysql
 import structlog
 
 from taskman.cluster.reaper import ROLE
@@ -35,11 +36,11 @@ class Ticker:
         self.batch = batch
 
     def run(self, epoch: int) -> TickReport:
-        """One pass. Never raises a TaskmanError: a broken schedule must not stop the reaper."""
+        """One pass. Database errors are logged, not raised: a broken schedule must not stop the reaper."""
         report = TickReport()
         try:
             names = self.store.due(self.batch)
-        except TaskmanError as exc:
+        except (TaskmanError, pymysql.err.MySQLError) as exc:
             log.warning("schedule.due_failed", error=str(exc))
             report.failed.append("*")
             return report
@@ -51,7 +52,7 @@ class Ticker:
                 log.warning("schedule.superseded", schedule=name, epoch=epoch, error=str(exc))
                 report.fenced = True
                 return report
-            except TaskmanError as exc:
+            except (TaskmanError, pymysql.err.MySQLError) as exc:
                 log.warning("schedule.fire_failed", schedule=name, error=str(exc))
                 report.failed.append(name)
                 continue

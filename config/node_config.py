@@ -42,6 +42,13 @@ class NodeConfig:
     retry_backoff_max: float = 300.0  # cap of the exponential retry backoff
     log_level: str = "info"
     log_format: str = "auto"  # auto (json unless on a terminal), json or console
+    retention_succeeded: float = 7 * 86400.0  # the leader prunes finished tasks after these
+    retention_failed: float = 30 * 86400.0  # ages, in seconds; 0 keeps them forever
+    retention_aborted: float = 30 * 86400.0
+    retention_expired: float = 30 * 86400.0
+    prune_batch: int = 1000  # rows per DELETE: small, so no batch holds locks for long
+    metrics_address: str | None = None  # "host:port" for /metrics, /healthz, /readyz
+    drain_timeout: float = 30.0  # on SIGTERM or `taskman node drain`: let attempts finish
 
     @property
     def runner_watchdog(self) -> float:
@@ -178,5 +185,16 @@ def _check(config: NodeConfig, source: str) -> None:
         raise fail("'max_reclaims' must not be negative")
     if config.unrunnable_grace < 0 or config.retry_backoff_max < 0:
         raise fail("'unrunnable_grace' and 'retry_backoff_max' must not be negative")
+    if config.metrics_address is not None:
+        host, _, port = config.metrics_address.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise fail(f"'metrics_address' must be host:port, got {config.metrics_address!r}")
+    for state in ("succeeded", "failed", "aborted", "expired"):
+        if getattr(config, f"retention_{state}") < 0:
+            raise fail(f"'retention_{state}' must not be negative (0 keeps tasks forever)")
+    if not 1 <= config.prune_batch <= 100_000:
+        raise fail("'prune_batch' must be between 1 and 100000")
+    if config.drain_timeout < 0:
+        raise fail("'drain_timeout' must not be negative")
     if config.log_format not in ("auto", "json", "console"):
         raise fail("'log_format' must be auto, json or console")

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from datetime import datetime
 from typing import Any
 
 from taskman.errors import WaitTimeoutError
 from taskman.models import Task
+from taskman.schedules import (
+    DEFAULT_MAX_CATCH_UP,
+    DEFAULT_MISFIRE_GRACE,
+    Misfire,
+    Overlap,
+    Schedule,
+    build_spec,
+)
 from taskman.states import TaskState
 from taskman.store import Database, TaskStore
+from taskman.store.schedules import ScheduleStore
 from taskman.validation import DEFAULT_MAX_PAYLOAD, build_task
 
 
@@ -27,6 +37,7 @@ class Client:
     ) -> None:
         """``retry_deadline``: how long transient database errors are retried before giving up."""
         self._store = TaskStore(Database(dsn, retry_deadline=retry_deadline))
+        self._schedules = ScheduleStore(self._store.db)
         self.max_payload = max_payload
 
     def close(self) -> None:
@@ -117,6 +128,14 @@ class Client:
         """
         return self._store.request_abort(task_id)
 
+    def retry(self, task_id: int) -> None:
+        """Re-queue a failed, aborted or expired task with a fresh set of attempts.
+
+        Its attempt history stays; the next attempt gets a new, larger token.
+        Retrying a queued, running or succeeded task raises TaskStateError.
+        """
+        self._store.retry(task_id)
+
     def wait(self, task_id: int, timeout: float | None = None, poll: float = 0.2) -> Task:
         """Block until the task is terminal and return it; WaitTimeoutError after ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -134,3 +153,76 @@ class Client:
 
     def counts(self) -> dict[str, int]:
         return self._store.count_by_state()
+
+    # -- schedules (docs/schedules.md) ---------------------------------------------
+    def add_schedule(
+        self,
+        name: str,
+        function: str,
+        *,
+        plugin: str,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        every: int | None = None,
+        args: builtins.list[Any] | tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        version: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retry_backoff: float | None = None,
+        datacenter: str | None = None,
+        misfire: Misfire | str = Misfire.RUN_ONCE,
+        max_catch_up: int = DEFAULT_MAX_CATCH_UP,
+        misfire_grace: int = DEFAULT_MISFIRE_GRACE,
+        overlap: Overlap | str = Overlap.ALLOW,
+        paused: bool = False,
+        replace: bool = False,
+    ) -> Schedule:
+        """Run ``function`` on a cron expression in ``timezone``, or ``every`` N seconds.
+
+        Idempotent by name: adding the same definition again returns the stored
+        schedule unchanged (paused or not). A different definition under the same
+        name raises ScheduleConflictError unless ``replace=True``.
+        """
+        spec = build_spec(
+            name,
+            function,
+            plugin=plugin,
+            cron=cron,
+            timezone=timezone,
+            every=every,
+            args=args,
+            kwargs=kwargs,
+            version=version,
+            priority=priority,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
+            datacenter=datacenter,
+            misfire=misfire,
+            max_catch_up=max_catch_up,
+            misfire_grace=misfire_grace,
+            overlap=overlap,
+            max_payload=self.max_payload,
+        )
+        return self._schedules.add(spec, paused=paused, replace=replace)
+
+    def get_schedule(self, name: str) -> Schedule:
+        """Raises ScheduleNotFoundError for an unknown name."""
+        return self._schedules.get(name)
+
+    def list_schedules(self) -> builtins.list[Schedule]:  # Client.list shadows list here
+        return self._schedules.list_all()
+
+    def pause_schedule(self, name: str) -> Schedule:
+        """No new ticks fire until resumed; tasks already created are not touched."""
+        return self._schedules.pause(name)
+
+    def resume_schedule(self, name: str) -> Schedule:
+        """Ticks resume from the first one after now; those while paused never run."""
+        return self._schedules.resume(name)
+
+    def remove_schedule(self, name: str) -> None:
+        """Delete the schedule; tasks it already created stay."""
+        self._schedules.remove(name)

@@ -1,11 +1,51 @@
-"""structlog set-up: JSON lines when not on a terminal, readable lines on one."""
+"""structlog set-up: JSON lines when not on a terminal, readable lines on one.
+
+Secrets (database passwords, plugin environment values) are registered with
+``add_secrets`` and scrubbed from every event before it is rendered, whatever
+field or message they ended up in.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import structlog
+
+REDACTED = "***"
+_secrets: set[str] = set()
+_lock = threading.Lock()
+MIN_SECRET_LENGTH = 6  # shorter values would redact ordinary words
+NEVER_SCRUBBED = frozenset({"event", "level", "timestamp"})  # set by code, not data
+
+
+def add_secrets(values: Iterable[str]) -> None:
+    with _lock:
+        _secrets.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
+
+
+def scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    return value
+
+
+def scrub_secrets(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if not _secrets:
+        return event
+    return {k: v if k in NEVER_SCRUBBED else scrub(v) for k, v in event.items()}
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -18,9 +58,8 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info
-            if use_json
-            else structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            scrub_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

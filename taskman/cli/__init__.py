@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskman.cli import lab, server, tasks
+from taskman.cli import lab, schedule, server, tasks
 from taskman.cli.common import fail
 from taskman.cli.exitcodes import Exit
 from taskman.errors import TaskmanError
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.register(sub)
     server.register(sub)
     lab.register(sub)
+    schedule.register(sub)
     return parser
 
 

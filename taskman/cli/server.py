@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 from types import FrameType
@@ -10,7 +11,9 @@ from types import FrameType
 from taskman import logs
 from taskman.cli.common import add_dsn, add_json, emit, env_flag, require_dsn
 from taskman.cli.exitcodes import Exit
-from taskman.dsn import redact
+from taskman.config import NodeConfig
+from taskman.dsn import parse_dsn, redact
+from taskman.plugins import PluginRegistry
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,16 +21,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "node",
         help="run one node in the foreground (logs to stderr)",
         epilog="example: taskman node --config /etc/taskman/node.toml\n"
+        "       taskman node drain dc1-node1 --zookeeper zk1:2181 --cluster prod\n"
         "SIGTERM or Ctrl-C drains (finish running tasks, up to --drain-timeout); a second one "
         "stops at once. Every config key can also come from TASKMAN_<KEY>.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "drain"],
+        default="run",
+        help="run this node (default), or ask a running node to drain and exit",
+    )
+    p.add_argument("node_id", nargs="?", help="with drain: the node to drain")
     env_flag(p, "--config", "TASKMAN_CONFIG", "node configuration file (TOML)")
+    env_flag(p, "--zookeeper", "TASKMAN_ZOOKEEPER", "with drain and no --config: the ensemble")
+    env_flag(
+        p,
+        "--cluster",
+        "TASKMAN_CLUSTER",
+        "with drain and no --config: the cluster",
+        default="default",
+    )
     p.add_argument(
         "--drain-timeout",
         type=float,
-        default=30.0,
-        help="seconds to let running tasks finish on shutdown (default 30)",
+        help="seconds to let running tasks finish on shutdown (default: drain_timeout "
+        "from the config, 30)",
     )
     p.set_defaults(handler=node)
 
@@ -40,6 +60,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_dsn(p)
     p.set_defaults(handler=migrate)
+
+    p = sub.add_parser(
+        "prune",
+        help="show what retention will delete (the leader prunes by itself)",
+        epilog="example: taskman prune --dry-run --config node.toml --json",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        required=True,
+        help="only count (required: the elected leader does the deleting)",
+    )
+    env_flag(p, "--config", "TASKMAN_CONFIG", "node configuration to read retention ages from")
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=prune)
 
     p = sub.add_parser("nodes", help="list the live nodes by datacenter, and the leader")
     env_flag(
@@ -58,19 +94,108 @@ def node(args: argparse.Namespace) -> int:
     from taskman.cluster.node import Node
     from taskman.config import load_config
 
+    if args.action == "drain":
+        return drain(args)
     config = load_config(args.config)
+    drain_timeout = config.drain_timeout if args.drain_timeout is None else args.drain_timeout
     logs.configure(config.log_level, config.log_format)
     instance = Node(config)
+    logs.add_secrets(secrets_of(config, instance.registry))
     stops = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stops
         stops += 1
-        instance.stop(drain=stops == 1, timeout=args.drain_timeout)
+        instance.stop(drain=stops == 1, timeout=drain_timeout)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     instance.run()
+    return int(Exit.OK)
+
+
+def secrets_of(config: NodeConfig, registry: PluginRegistry) -> list[str]:
+    """Values that must never reach a log line: the DSN's password, plugin env values."""
+    values = [parse_dsn(config.dsn).password]
+    for versions in registry.plugins.values():
+        for plugin in versions.values():
+            values.extend(plugin.env.values())
+    return values
+
+
+def _cluster_target(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """(zookeeper hosts, cluster, this config's node id) from --config or the flags."""
+    from taskman.config import load_config
+    from taskman.errors import ConfigError
+
+    if args.config:
+        config = load_config(args.config)
+        return config.zookeeper, config.cluster, config.node_id
+    if not args.zookeeper:
+        raise ConfigError("no ZooKeeper given: pass --config or --zookeeper")
+    return args.zookeeper, args.cluster, None
+
+
+def drain(args: argparse.Namespace) -> int:
+    from kazoo.exceptions import NodeExistsError
+
+    from taskman.cluster.layout import ClusterPaths
+    from taskman.cluster.zk import connect, wait
+    from taskman.errors import ConfigError, TaskNotFoundError
+
+    hosts, cluster, own_id = _cluster_target(args)
+    node_id = args.node_id or own_id
+    if not node_id:
+        raise ConfigError("drain which node? pass its node id")
+    paths = ClusterPaths(cluster)
+    client = connect(hosts, 10.0)
+    try:
+        if wait(client.exists_async(paths.node(node_id))) is None:
+            raise TaskNotFoundError(f"no live node {node_id!r} in cluster {cluster!r}")
+        wait(client.ensure_path_async(paths.drain_requests))
+        with contextlib.suppress(NodeExistsError):  # already asked
+            wait(client.create_async(paths.drain(node_id), b"drain"))
+    finally:
+        client.stop()
+        client.close()
+    print(f"asked {node_id} to drain: it stops claiming, lets running tasks finish, then exits")
+    return int(Exit.OK)
+
+
+def prune(args: argparse.Namespace) -> int:
+    from taskman.config import load_config
+    from taskman.states import TaskState
+    from taskman.store import TaskStore
+
+    if args.config:
+        config = load_config(args.config)
+        dsn = config.dsn
+        ages = {
+            state: getattr(config, f"retention_{state}")
+            for state in ("succeeded", "failed", "aborted", "expired")
+        }
+    else:
+        dsn = require_dsn(args)
+        defaults = NodeConfig.__dataclass_fields__
+        ages = {
+            state: defaults[f"retention_{state}"].default
+            for state in ("succeeded", "failed", "aborted", "expired")
+        }
+    store = TaskStore(dsn)
+    try:
+        counts = {
+            state: (store.count_prunable(TaskState(state), age) if age > 0 else 0)
+            for state, age in ages.items()
+        }
+    finally:
+        store.close()
+    if args.json:
+        emit({"would_delete": counts, "older_than_seconds": ages})
+        return int(Exit.OK)
+    for state, count in counts.items():
+        age = ages[state]
+        keep = "kept forever" if age <= 0 else f"older than {age / 86400:g} days"
+        print(f"{state:>9}: {count} would go ({keep})")
     return int(Exit.OK)
 
 
@@ -91,16 +216,8 @@ def nodes(args: argparse.Namespace) -> int:
     from taskman.cluster.election import LeaderElection
     from taskman.cluster.layout import ClusterPaths
     from taskman.cluster.zk import connect
-    from taskman.errors import ConfigError
 
-    hosts, cluster = args.zookeeper, args.cluster
-    if args.config:
-        from taskman.config import load_config
-
-        config = load_config(args.config)
-        hosts, cluster = config.zookeeper, config.cluster
-    if not hosts:
-        raise ConfigError("no ZooKeeper given: pass --config or --zookeeper")
+    hosts, cluster, _ = _cluster_target(args)
     paths = ClusterPaths(cluster)
     client = connect(hosts, 10.0)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskman.cli.common import (
@@ -21,6 +22,53 @@ from taskman.states import TaskState
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_submit(sub)
+    for name in ("status", "show"):
+        p = sub.add_parser(
+            name, help="show one task: attempts with tokens, nodes, outcomes, tracebacks, output"
+        )
+        p.add_argument("task_id", type=int)
+        add_dsn(p)
+        add_json(p)
+        p.set_defaults(handler=status)
+
+    p = sub.add_parser("retry", help="re-queue a failed, aborted or expired task")
+    p.add_argument("task_id", type=int)
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=retry)
+
+    p = sub.add_parser("abort", help="abort a queued or running task")
+    p.add_argument("task_id", type=int)
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=abort)
+
+    p = sub.add_parser("wait", help="wait until a task finishes")
+    p.add_argument("task_id", type=int)
+    p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=wait)
+
+    p = sub.add_parser(
+        "tasks",
+        help="list tasks, newest first",
+        epilog="example: taskman tasks --state failed --limit 20; "
+        "next page: --before-id <last id shown>",
+    )
+    p.add_argument("--state", choices=[s.value for s in TaskState])
+    p.add_argument("--plugin")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--before-id", type=int, help="page: only tasks with a smaller id")
+    p.add_argument("--since", help="only tasks created at or after this ISO 8601 time")
+    p.add_argument("--age", help="only tasks created within this long, e.g. 30m, 2h, 7d")
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=tasks)
+
+
+def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "submit",
         help="queue a task",
@@ -61,40 +109,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_dsn(p)
     add_json(p)
     p.set_defaults(handler=submit)
-
-    p = sub.add_parser("status", help="show one task and its attempts")
-    p.add_argument("task_id", type=int)
-    add_dsn(p)
-    add_json(p)
-    p.set_defaults(handler=status)
-
-    p = sub.add_parser("abort", help="abort a queued or running task")
-    p.add_argument("task_id", type=int)
-    add_dsn(p)
-    add_json(p)
-    p.set_defaults(handler=abort)
-
-    p = sub.add_parser("wait", help="wait until a task finishes")
-    p.add_argument("task_id", type=int)
-    p.add_argument("--timeout", type=float, help="give up after this many seconds")
-    add_dsn(p)
-    add_json(p)
-    p.set_defaults(handler=wait)
-
-    p = sub.add_parser(
-        "tasks",
-        help="list tasks, newest first",
-        epilog="example: taskman tasks --state failed --limit 20; "
-        "next page: --before-id <last id shown>",
-    )
-    p.add_argument("--state", choices=[s.value for s in TaskState])
-    p.add_argument("--plugin")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--before-id", type=int, help="page: only tasks with a smaller id")
-    p.add_argument("--since", help="only tasks created at or after this ISO 8601 time")
-    add_dsn(p)
-    add_json(p)
-    p.set_defaults(handler=tasks)
 
 
 def _final_code(task: Task) -> int:
@@ -159,6 +173,16 @@ def abort(args: argparse.Namespace) -> int:
     return int(Exit.OK)
 
 
+def retry(args: argparse.Namespace) -> int:
+    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
+        client.retry(args.task_id)
+    if args.json:
+        emit({"id": args.task_id, "state": TaskState.QUEUED.value})
+    else:
+        print(f"task {args.task_id} is queued again")
+    return int(Exit.OK)
+
+
 def wait(args: argparse.Namespace) -> int:
     with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
         task = client.wait(args.task_id, timeout=args.timeout)
@@ -173,7 +197,7 @@ def tasks(args: argparse.Namespace) -> int:
             plugin=args.plugin,
             limit=args.limit,
             before_id=args.before_id,
-            created_after=parse_time(args.since, "--since"),
+            created_after=_created_after(args),
         )
     if args.json:
         emit([t.to_dict() for t in found])
@@ -182,6 +206,18 @@ def tasks(args: argparse.Namespace) -> int:
     for t in found:
         print(f"{t.id:>8}  {t.state.value:<9}  {t.attempt:>3}  {t.plugin:<12}  {t.function}")
     return int(Exit.OK)
+
+
+def _created_after(args: argparse.Namespace) -> datetime | None:
+    since = parse_time(args.since, "--since")
+    if args.age is None:
+        return since
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = args.age[:-1], args.age[-1:]
+    if unit not in units or not number.isdigit():
+        raise ValidationError(f"--age {args.age!r}: expected a number and s, m, h or d, e.g. 2h")
+    cutoff = datetime.now(UTC) - timedelta(seconds=int(number) * units[unit])
+    return cutoff if since is None else max(since, cutoff)
 
 
 def show(task: Task, as_json: bool) -> None:
@@ -225,3 +261,6 @@ def show(task: Task, as_json: bool) -> None:
             print(f"    {a.error_type}: {a.error_message}")
         if a.traceback:
             print("    " + a.traceback.rstrip().replace("\n", "\n    "))
+        if a.output_tail:
+            tail = a.output_tail.rstrip().splitlines()[-10:]
+            print("    output (last lines):\n      " + "\n      ".join(tail))

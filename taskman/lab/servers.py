@@ -230,7 +230,7 @@ class MariaDBServer:
     """
 
     APP_USER = "taskman"
-    APP_PASSWORD = "taskman"  # noqa: S105 - a throwaway loopback test server
+    APP_PASSWORD = "lab-pw-5e1f"  # noqa: S105 - a throwaway loopback test server
 
     def __init__(self, base_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
         self._base_dir = Path(base_dir).resolve()

@@ -75,6 +75,14 @@ ABORT_QUEUED = (
     "WHERE id = %s AND state = 'queued'"
 )
 ABORT_RUNNING = "UPDATE tasks SET abort_requested = 1 WHERE id = %s AND state = 'running'"
+# An operator's retry: a finished-unsuccessfully task goes back to the queue with a
+# fresh set of attempts; its history (attempt rows, fences) stays.
+RETRY_TASK = (
+    "UPDATE tasks SET state = 'queued', run_after = NOW(6), not_after = NULL, failures = 0, "
+    "reclaims = 0, abort_requested = 0, owner = NULL, owner_datacenter = NULL, result = NULL, "
+    "error_type = NULL, error_message = NULL, progress = NULL, progress_message = NULL, "
+    "finished_at = NULL WHERE id = %s AND state IN ('failed', 'aborted', 'expired')"
+)
 TASK_STATE = "SELECT state, fence, attempt, owner, abort_requested FROM tasks WHERE id = %s"
 
 # -- node: claims -----------------------------------------------------------
@@ -114,7 +122,8 @@ INSERT_ATTEMPT = (
 )
 CLAIMED_TASK = (
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
-    "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits "
+    "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
+    "TIMESTAMPDIFF(MICROSECOND, run_after, NOW(6)) AS wait_us "
     "FROM tasks WHERE id = %s"
 )
 
@@ -188,6 +197,17 @@ EXPIRE_DUE = (
     + LEADER_GUARD
     + " LIMIT %s"
 )
+# Retention: finished tasks older than their state's age go, in small batches, oldest
+# first; attempts follow through the foreign key. Only terminal states match, so a
+# batch never touches a row a node is claiming.
+PRUNE_BATCH = (
+    "DELETE FROM tasks WHERE state = %s AND finished_at < NOW(6) - INTERVAL %s SECOND"
+    + LEADER_GUARD
+    + " LIMIT %s"  # no ORDER BY: with it the optimizer picks a filesort, 50x slower
+)
+PRUNE_COUNT = (
+    "SELECT COUNT(*) AS n FROM tasks WHERE state = %s AND finished_at < NOW(6) - INTERVAL %s SECOND"
+)
 QUEUED_PLUGINS = (
     "SELECT plugin, plugin_version, MIN(created_at) FROM tasks WHERE state = 'queued' "
     "GROUP BY plugin, plugin_version"
@@ -197,4 +217,60 @@ FAIL_UNRUNNABLE = (
     "error_message = %s "
     "WHERE state = 'queued' AND plugin = %s AND plugin_version <=> %s "
     "AND created_at <= NOW(6) - INTERVAL %s SECOND" + LEADER_GUARD
+)
+
+# -- schedules (recurring tasks; see taskman/schedules.py and docs/schedules.md) --------
+SCHEDULE_COLUMNS = (
+    "name, plugin, plugin_version, `function`, args, kwargs, cron, timezone, every_seconds, "
+    "priority, timeout_seconds, max_attempts, retry_backoff_seconds, datacenter, misfire, "
+    "max_catch_up, misfire_grace_seconds, overlap, paused, next_tick, last_tick, last_task_id, "
+    "ticks_fired, ticks_skipped, created_at, updated_at"
+)
+GET_SCHEDULE = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = %s"
+LOCK_SCHEDULE = GET_SCHEDULE + " FOR UPDATE"
+LIST_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
+INSERT_SCHEDULE = (
+    "INSERT INTO schedules (name, plugin, plugin_version, `function`, args, kwargs, cron, "
+    "timezone, every_seconds, priority, timeout_seconds, max_attempts, retry_backoff_seconds, "
+    "datacenter, misfire, max_catch_up, misfire_grace_seconds, overlap, paused, next_tick) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# A replaced definition starts ticking from now; its counters and history stay.
+REPLACE_SCHEDULE = (
+    "UPDATE schedules SET plugin = %s, plugin_version = %s, `function` = %s, args = %s, "
+    "kwargs = %s, cron = %s, timezone = %s, every_seconds = %s, priority = %s, "
+    "timeout_seconds = %s, max_attempts = %s, retry_backoff_seconds = %s, datacenter = %s, "
+    "misfire = %s, max_catch_up = %s, misfire_grace_seconds = %s, overlap = %s, next_tick = %s "
+    "WHERE name = %s"
+)
+PAUSE_SCHEDULE = "UPDATE schedules SET paused = 1 WHERE name = %s"
+# Resuming starts from the next tick after now: ticks while paused are not misfires.
+RESUME_SCHEDULE = "UPDATE schedules SET paused = 0, next_tick = %s WHERE name = %s AND paused = 1"
+DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = %s"
+# What is due is decided by the database's clock, never a node's.
+DUE_SCHEDULES = (
+    "SELECT name FROM schedules FORCE INDEX (schedules_due) "
+    "WHERE paused = 0 AND next_tick <= NOW(6) ORDER BY next_tick LIMIT %s"
+)
+# The leader's advance of one schedule: optimistic on the next tick it read (a
+# concurrent pause, replace or second leader makes it match 0 rows) and guarded
+# by the leader's epoch. The tick tasks are inserted in the same transaction.
+ADVANCE_SCHEDULE = (
+    "UPDATE schedules SET next_tick = %s, last_tick = COALESCE(%s, last_tick), "
+    "last_task_id = COALESCE(%s, last_task_id), ticks_fired = ticks_fired + %s, "
+    "ticks_skipped = ticks_skipped + %s "
+    "WHERE name = %s AND next_tick = %s AND paused = 0" + LEADER_GUARD
+)
+# One task per (schedule, tick): the UNIQUE idempotency_key refuses a second one,
+# whichever leader tries. Not INSERT_TASK: the tick's task is due at once.
+INSERT_TICK_TASK = (
+    "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
+    "kwargs, priority, datacenter, run_after, timeout_seconds, max_attempts, "
+    "retry_backoff_seconds, state) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NOW(6), %s, %s, %s, 'queued')"
+)
+TASK_ID_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = %s"
+TICK_TASKS = (
+    "SELECT id, idempotency_key, state, created_at FROM tasks "
+    "WHERE idempotency_key LIKE %s ORDER BY idempotency_key"
 )

@@ -63,6 +63,7 @@ class Claim:
     retry_backoff: float | None  # None: the node's default
     abort_requested: bool
     limits: dict[str, int] | None = None
+    waited: float = 0.0  # seconds from due (submit, not_before or retry) to this claim, DB clock
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,28 @@ class TaskStore:
 
         return self.db.run(fn, on_ambiguous=reread)
 
+    def retry(self, task_id: int) -> None:
+        """Re-queue a failed, aborted or expired task as a new attempt."""
+
+        def fn(cur: Cursor) -> bool:
+            if cur.execute(q.RETRY_TASK, (task_id,)):
+                return True
+            cur.execute(q.TASK_STATE, (task_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise TaskNotFoundError(f"no task with id {task_id}")
+            raise TaskStateError(
+                f"task {task_id} is {row['state']}; only failed, aborted or expired tasks "
+                "can be retried"
+            )
+
+        def reread(cur: Cursor) -> bool | None:
+            cur.execute(q.TASK_STATE, (task_id,))
+            row = cur.fetchone()
+            return True if row and row["state"] == TaskState.QUEUED.value else None
+
+        self.db.run(fn, on_ambiguous=reread)
+
     # -- node: claims ----------------------------------------------------------
     def candidates(
         self,
@@ -313,6 +336,7 @@ class TaskStore:
                 retry_backoff=row["retry_backoff_seconds"],
                 abort_requested=bool(row["abort_requested"]),
                 limits=None if row["limits"] is None else json.loads(row["limits"]),
+                waited=max(0, int(row["wait_us"] or 0)) / 1e6,
             )
 
         def fn(cur: Cursor) -> Claim | None:
@@ -492,6 +516,17 @@ class TaskStore:
 
     def expire_due(self, *, role: str, epoch: int, limit: int = 1000) -> int:
         return self.db.execute(q.EXPIRE_DUE, (role, epoch, limit))
+
+    def prune(
+        self, state: TaskState, older_than: float, *, role: str, epoch: int, batch: int
+    ) -> int:
+        """Delete one batch of ``state`` tasks finished more than ``older_than`` s ago."""
+        if not state.terminal:
+            raise ValidationError(f"only finished tasks are pruned, not {state.value}")
+        return self.db.execute(q.PRUNE_BATCH, (state.value, older_than, role, epoch, batch))
+
+    def count_prunable(self, state: TaskState, older_than: float) -> int:
+        return int(self.db.query(q.PRUNE_COUNT, (state.value, older_than))[0]["n"])
 
     def queued_plugins(self) -> list[tuple[str, str | None]]:
         return [(r["plugin"], r["plugin_version"]) for r in self.db.query(q.QUEUED_PLUGINS)]

@@ -100,7 +100,7 @@ def test_mariadb_answers_select_1_through_its_dsn(mariadb: MariaDBServer) -> Non
     name = f"lab_{uuid.uuid4().hex[:12]}"
     url = mariadb.create_database(name)
     try:
-        assert url == f"mysql://taskman:taskman@127.0.0.1:{mariadb.port}/{name}"
+        assert url == f"mysql://taskman:lab-pw-5e1f@127.0.0.1:{mariadb.port}/{name}"
         rows = _query(url, "SELECT 1, CURRENT_USER(), DATABASE(), @@port")
         assert rows == [(1, "taskman@%", name, mariadb.port)]
     finally:

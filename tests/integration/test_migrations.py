@@ -20,7 +20,7 @@ from taskman.store.migrations import (
     schema_fingerprint,
 )
 
-EXPECTED_TABLES = {"attempts", "leadership", "taskman_schema", "tasks"}
+EXPECTED_TABLES = {"attempts", "leadership", "schedules", "taskman_schema", "tasks"}
 
 ALL = [(m.version, m.name) for m in available()]
 VERSIONS = [version for version, _ in ALL]
@@ -73,8 +73,10 @@ def test_the_known_migrations() -> None:
         (1, "tasks_and_attempts"),
         (2, "leadership_epoch"),
         (3, "limits_and_concurrency"),
+        (4, "schedules"),
+        (5, "retention_index"),
     ]
-    assert latest_version() == 3
+    assert latest_version() == 5
 
 
 def test_migrate_twice_applies_nothing_the_second_time(dsn: str) -> None:
