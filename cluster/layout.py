@@ -10,8 +10,12 @@ class ClusterPaths:
     cluster: str
 
     @property
+    def root(self) -> str:
+        return "/taskman"  # shared by every cluster on the ensemble
+
+    @property
     def base(self) -> str:
-        return f"/taskman/{self.cluster}"
+        return f"{self.root}/{self.cluster}"
 
     @property
     def nodes(self) -> str:

@@ -44,7 +44,7 @@ from taskman.cluster.endpoints import CachedCheck, Endpoints
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.lease import ClaimLease
 from taskman.cluster.reaper import Reaper, ReapReport
-from taskman.cluster.zk import SessionMonitor, connect, wait
+from taskman.cluster.zk import SessionMonitor, connect, ensure_namespace, wait, zk_security
 from taskman.config import NodeConfig
 from taskman.errors import (
     CoordinationError,
@@ -119,9 +119,10 @@ class Node:
                 f"the database schema is at version {max(versions, default=0)}, this node needs "
                 f"{latest_version()}: run `taskman db migrate`"
             )
-        self.zk = connect(self.config.zookeeper, self.config.session_timeout)
-        for path in self.paths.all():
-            wait(self.zk.ensure_path_async(path))
+        self.zk = connect(
+            self.config.zookeeper, self.config.session_timeout, security=zk_security(self.config)
+        )
+        ensure_namespace(self.zk, self.paths, insecure=self.config.insecure)
         self.monitor = SessionMonitor(self.zk, self.paths.nodes, self.config.session_timeout)
         self.monitor.start()
         self.lease = ClaimLease(self.zk, self.paths, self.config.node_id)
@@ -470,6 +471,8 @@ class Node:
             heartbeat_interval=self.config.heartbeat_interval,
             watchdog_timeout=self.config.runner_watchdog,
             limits={**plugin.limits, **(claim.limits or {})},
+            fork=plugin.fork,
+            preload=plugin.preload,
         )
         runner = Runner(spec, self.events)
         try:

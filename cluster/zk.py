@@ -9,28 +9,78 @@ session timeout means the session may be gone: the node fences itself.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoAuthError, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions, make_digest_acl
 
+from taskman.cluster.layout import ClusterPaths
 from taskman.errors import CoordinationError
 
 log = structlog.get_logger("taskman.cluster")
 ZK_TIMEOUT = 5.0  # seconds for one ZooKeeper call; calls never block forever
 
 
-def connect(hosts: str, session_timeout: float, *, start_timeout: float = 15.0) -> KazooClient:
+@dataclass(frozen=True)
+class ZkSecurity:
+    """Who the node is to ZooKeeper, and how it reaches it."""
+
+    auth: str | None = field(default=None, repr=False)  # "user:password" (digest)
+    ca: str | None = None  # TLS: the CA that signed the ensemble's certificates
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    def acl(self) -> list[ACL]:
+        """The ACL every znode of the cluster gets: all rights for our identity only."""
+        if self.auth is None:
+            return list(OPEN_ACL_UNSAFE)
+        user, _, password = self.auth.partition(":")
+        return [make_digest_acl(user, password, all=True)]
+
+
+def zk_security(config: Any) -> ZkSecurity:
+    """The ZooKeeper identity and TLS settings of a NodeConfig."""
+    return ZkSecurity(
+        auth=config.zookeeper_auth,
+        ca=config.zookeeper_ca,
+        certfile=config.zookeeper_certfile,
+        keyfile=config.zookeeper_keyfile,
+    )
+
+
+def connect(
+    hosts: str,
+    session_timeout: float,
+    *,
+    security: ZkSecurity | None = None,
+    start_timeout: float = 15.0,
+) -> KazooClient:
+    security = security or ZkSecurity()
+    tls: dict[str, Any] = {}
+    if security.ca:
+        tls = {
+            "use_ssl": True,
+            "verify_certs": True,
+            "ca": security.ca,
+            "certfile": security.certfile,
+            "keyfile": security.keyfile,
+        }
     client = KazooClient(
         hosts=hosts,
         timeout=session_timeout,
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0),
         command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0, deadline=ZK_TIMEOUT),
+        auth_data=[("digest", security.auth)] if security.auth else None,
+        default_acl=security.acl(),
+        **tls,
     )
     try:
         client.start(timeout=start_timeout)
@@ -39,6 +89,36 @@ def connect(hosts: str, session_timeout: float, *, start_timeout: float = 15.0) 
         client.close()
         raise CoordinationError(f"cannot reach ZooKeeper at {hosts}: {exc}") from None
     return client
+
+
+def ensure_namespace(client: KazooClient, paths: ClusterPaths, *, insecure: bool) -> None:
+    """Create the cluster's znodes, and refuse a namespace other clients could read or forge.
+
+    ``/taskman`` itself is world-creatable (several clusters, each with its own
+    identity, share an ensemble); ``/taskman/<cluster>`` and everything below it
+    carry the cluster's ACL.
+    """
+    shared = [ACL(Permissions.READ | Permissions.CREATE, Id("world", "anyone"))]
+    with contextlib.suppress(NodeExistsError):
+        wait(client.create_async(paths.root, b"", acl=shared))
+    try:
+        wait(client.ensure_path_async(paths.base))
+        acls, _ = wait(client.get_acls_async(paths.base))
+        # Checked before anything is created below it: a refused node leaves no trace.
+        if any(a.id.scheme == "world" for a in acls) and not insecure:
+            raise CoordinationError(
+                f"the ZooKeeper namespace {paths.base} is open to every client of the ensemble "
+                "(world ACL), so anyone could forge claims or leadership. Set zookeeper_auth, "
+                "or insecure = true for a throwaway cluster"
+            )
+        for path in paths.all():
+            wait(client.ensure_path_async(path))
+        wait(client.get_children_async(paths.nodes))  # reading proves our identity has rights
+    except NoAuthError:
+        raise CoordinationError(
+            f"ZooKeeper refuses this node access to {paths.base}: it belongs to another "
+            "identity. Check zookeeper_auth"
+        ) from None
 
 
 def wait(async_result: Any, timeout: float = ZK_TIMEOUT) -> Any:

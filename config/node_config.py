@@ -29,6 +29,13 @@ class NodeConfig:
     dsn: str = field(repr=False)  # holds a password
     zookeeper: str  # the ensemble, "host:port,host:port"
     plugin_dirs: tuple[Path, ...]
+    # "user:password" for ZooKeeper digest auth; the cluster's znodes get an ACL for
+    # that identity only. Without it the node refuses to start unless insecure = true.
+    zookeeper_auth: str | None = field(default=None, repr=False)
+    insecure: bool = False
+    zookeeper_ca: str | None = None  # TLS to the ensemble's secure client port: CA file
+    zookeeper_certfile: str | None = None  # client certificate, if the ensemble wants one
+    zookeeper_keyfile: str | None = None
     slots: int = 4  # concurrent runners
     session_timeout: float = 6.0  # ZooKeeper session, seconds
     heartbeat_interval: float = 1.0  # database heartbeat of each running attempt
@@ -67,11 +74,15 @@ class NodeConfig:
     def redacted(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["dsn"] = parse_dsn(self.dsn).redacted()
+        if self.zookeeper_auth:
+            data["zookeeper_auth"] = self.zookeeper_auth.split(":", 1)[0] + ":***"
         data["plugin_dirs"] = [str(p) for p in self.plugin_dirs]
         return data
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+# Secrets may come from a file instead: `dsn_file = "/etc/taskman/dsn"` (or TASKMAN_DSN_FILE).
+SECRET_FILES = {"dsn_file": "dsn", "zookeeper_auth_file": "zookeeper_auth"}
 REQUIRED = [name for name, f in FIELDS.items() if f.default is dataclasses.MISSING]
 
 
@@ -93,16 +104,28 @@ def load_config(
             raise ConfigError(f"{file}: cannot read: {exc}") from None
         base = file.resolve().parent
         for key in data:
-            if key not in FIELDS:
+            if key not in FIELDS and key not in SECRET_FILES:
                 raise ConfigError(f"{file}: unknown key {key!r}")
-    for name in FIELDS:
-        value = env.get(ENV_PREFIX + name.upper())
-        if value is not None:
-            data[name] = value
-    data.update({k: v for k, v in overrides.items() if v is not None})
+        for key, target in SECRET_FILES.items():
+            if key in data and target in data:
+                raise ConfigError(f"{file}: give {target!r} or {key!r}, not both")
+    later = {ENV_PREFIX + name.upper(): name for name in (*FIELDS, *SECRET_FILES)}
+    layered = [(name, env[var]) for var, name in later.items() if var in env]
+    layered += [(k, v) for k, v in overrides.items() if v is not None]
+    for name, value in layered:
+        # A secret given later replaces the earlier one, whichever form either took.
+        for key, target in SECRET_FILES.items():
+            if name == target:
+                data.pop(key, None)
+            elif name == key:
+                data.pop(target, None)
+        data[name] = value
     for key in data:
-        if key not in FIELDS:
+        if key not in FIELDS and key not in SECRET_FILES:
             raise ConfigError(f"{source}: unknown key {key!r}")
+    for key, target in SECRET_FILES.items():
+        if key in data:
+            data[target] = _read_secret(str(data.pop(key)), key, source, base)
     missing = [name for name in REQUIRED if name not in data]
     if missing:
         raise ConfigError(f"{source}: missing required key {missing[0]!r}")
@@ -110,6 +133,17 @@ def load_config(
     config = NodeConfig(**values)
     _check(config, source)
     return config
+
+
+def _read_secret(path: str, key: str, source: str, base: Path) -> str:
+    file = base / path
+    try:
+        secret = file.read_text("utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{source}: {key!r}: cannot read {file}: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError(f"{source}: {key!r}: {file} is empty")
+    return secret
 
 
 def _coerce(name: str, value: Any, source: str, base: Path) -> Any:
@@ -126,6 +160,14 @@ def _coerce(name: str, value: Any, source: str, base: Path) -> Any:
             )
         if name == "zookeeper" and isinstance(value, list):
             return ",".join(str(v) for v in value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise TypeError("true or false")
         if kind == "int":
             if isinstance(value, bool) or (not isinstance(value, int) and not str(value).isdigit()):
                 raise TypeError("an integer")
@@ -163,6 +205,14 @@ def _check(config: NodeConfig, source: str) -> None:
         raise fail(f"'dsn': {exc}") from None
     if not config.zookeeper or any(":" not in h for h in config.zookeeper.split(",")):
         raise fail("'zookeeper' must list host:port pairs, e.g. \"10.0.0.1:2181,10.0.0.2:2181\"")
+    if config.zookeeper_auth is not None and ":" not in config.zookeeper_auth:
+        raise fail("'zookeeper_auth' must be user:password")
+    if config.zookeeper_auth is None and not config.insecure:
+        raise fail(
+            "no 'zookeeper_auth': the cluster's znodes would be open to every client of the "
+            "ensemble. Set zookeeper_auth = \"user:password\" (or zookeeper_auth_file), or "
+            "insecure = true for a throwaway cluster"
+        )
     if not config.plugin_dirs:
         raise fail("'plugin_dirs' must name at least one directory")
     if config.slots < 1:

@@ -11,6 +11,7 @@ from types import FrameType
 from taskman import logs
 from taskman.cli.common import add_dsn, add_json, emit, env_flag, require_dsn
 from taskman.cli.exitcodes import Exit
+from taskman.cluster.zk import ZkSecurity
 from taskman.config import NodeConfig
 from taskman.dsn import parse_dsn, redact
 from taskman.plugins import PluginRegistry
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("node_id", nargs="?", help="with drain: the node to drain")
     env_flag(p, "--config", "TASKMAN_CONFIG", "node configuration file (TOML)")
     env_flag(p, "--zookeeper", "TASKMAN_ZOOKEEPER", "with drain and no --config: the ensemble")
+    env_flag(p, "--zookeeper-auth", "TASKMAN_ZOOKEEPER_AUTH", "with drain: user:password")
     env_flag(
         p,
         "--cluster",
@@ -85,6 +87,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "node configuration file to read zookeeper and cluster from",
     )
     env_flag(p, "--zookeeper", "TASKMAN_ZOOKEEPER", "ZooKeeper ensemble, host:port,...")
+    env_flag(p, "--zookeeper-auth", "TASKMAN_ZOOKEEPER_AUTH", "ZooKeeper digest user:password")
     env_flag(p, "--cluster", "TASKMAN_CLUSTER", "cluster name", default="default")
     add_json(p)
     p.set_defaults(handler=nodes)
@@ -123,17 +126,18 @@ def secrets_of(config: NodeConfig, registry: PluginRegistry) -> list[str]:
     return values
 
 
-def _cluster_target(args: argparse.Namespace) -> tuple[str, str, str | None]:
-    """(zookeeper hosts, cluster, this config's node id) from --config or the flags."""
+def _cluster_target(args: argparse.Namespace) -> tuple[str, str, str | None, ZkSecurity]:
+    """(zookeeper hosts, cluster, this config's node id, identity) from --config or the flags."""
+    from taskman.cluster.zk import ZkSecurity, zk_security
     from taskman.config import load_config
     from taskman.errors import ConfigError
 
     if args.config:
         config = load_config(args.config)
-        return config.zookeeper, config.cluster, config.node_id
+        return config.zookeeper, config.cluster, config.node_id, zk_security(config)
     if not args.zookeeper:
         raise ConfigError("no ZooKeeper given: pass --config or --zookeeper")
-    return args.zookeeper, args.cluster, None
+    return args.zookeeper, args.cluster, None, ZkSecurity(auth=args.zookeeper_auth)
 
 
 def drain(args: argparse.Namespace) -> int:
@@ -143,12 +147,12 @@ def drain(args: argparse.Namespace) -> int:
     from taskman.cluster.zk import connect, wait
     from taskman.errors import ConfigError, TaskNotFoundError
 
-    hosts, cluster, own_id = _cluster_target(args)
+    hosts, cluster, own_id, security = _cluster_target(args)
     node_id = args.node_id or own_id
     if not node_id:
         raise ConfigError("drain which node? pass its node id")
     paths = ClusterPaths(cluster)
-    client = connect(hosts, 10.0)
+    client = connect(hosts, 10.0, security=security)
     try:
         if wait(client.exists_async(paths.node(node_id))) is None:
             raise TaskNotFoundError(f"no live node {node_id!r} in cluster {cluster!r}")
@@ -217,9 +221,9 @@ def nodes(args: argparse.Namespace) -> int:
     from taskman.cluster.layout import ClusterPaths
     from taskman.cluster.zk import connect
 
-    hosts, cluster, _ = _cluster_target(args)
+    hosts, cluster, _, security = _cluster_target(args)
     paths = ClusterPaths(cluster)
-    client = connect(hosts, 10.0)
+    client = connect(hosts, 10.0, security=security)
     try:
         found = membership.members(client, paths) if client.exists(paths.nodes) else []
         leader = LeaderElection(client, paths, "observer").current_leader()

@@ -7,6 +7,7 @@ first command starts. Everything it starts, it stops.
 from __future__ import annotations
 
 import contextlib
+import secrets
 from pathlib import Path
 from typing import Any, Self
 
@@ -35,6 +36,8 @@ class LocalCluster:
         self.plugin_dirs = plugin_dirs
         self.node_options = node_options or {}
         self.nodes: list[NodeProcess] = []
+        # The lab's ZooKeeper identity; the cluster's znodes carry an ACL for it alone.
+        self.zookeeper_auth = "taskman:lab-zk-" + secrets.token_hex(4)
         self.dsn = ""
 
     def start(self) -> Self:
@@ -52,6 +55,7 @@ class LocalCluster:
                 dsn=self.dsn,
                 zookeeper=self.zookeeper.hosts,
                 plugin_dirs=[str(p) for p in self.plugin_dirs],
+                zookeeper_auth=self.zookeeper_auth,
                 **self.node_options,
             )
             self.nodes.append(node.start())

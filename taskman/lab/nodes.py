@@ -23,6 +23,8 @@ def write_config(path: Path, values: dict[str, Any]) -> Path:
     """Write a node.toml from plain values (strings, numbers, lists of strings)."""
     lines = []
     for key, value in values.items():
+        if value is None:
+            continue  # leave the key out: its default (or the environment) applies
         if isinstance(value, list | tuple):
             lines.append(f"{key} = {json.dumps([str(v) for v in value])}")
         elif isinstance(value, bool):

