@@ -473,6 +473,7 @@ class Node:
             limits={**plugin.limits, **(claim.limits or {})},
             fork=plugin.fork,
             preload=plugin.preload,
+            run_as=plugin.run_as,
         )
         runner = Runner(spec, self.events)
         try:

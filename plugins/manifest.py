@@ -16,12 +16,22 @@ A plugin is a folder with a manifest::
     output_bytes = 10_000_000
     [concurrency]                            # cluster-wide caps on attempts running at once
     "demo.tasks:settle" = 2
+
+Runners start by forking a pre-warmed zygote of the plugin version (docs/runner.md):
+``fork = false`` starts a fresh interpreter per attempt instead (for code that must
+not run in a forked process), and ``preload = ["demo.tasks"]`` names modules the
+zygote imports once, before it forks (leave out modules that start threads or open
+connections at import time). Without a zygote (fork = false, or one that cannot
+start) every attempt cold-spawns; both run the same child code.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import grp
 import os
+import pwd
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -38,6 +48,7 @@ from taskman.validation import (
 )
 
 MANIFEST = "plugin.toml"
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 KNOWN_KEYS = frozenset(
     {
         "name",
@@ -49,6 +60,11 @@ KNOWN_KEYS = frozenset(
         "description",
         "limits",
         "concurrency",
+        "fork",
+        "preload",
+        "user",
+        "group",
+        "allow_root",
     }
 )
 
@@ -69,6 +85,11 @@ class Plugin:
     description: str = ""
     limits: dict[str, int] = field(default_factory=dict)
     concurrency: dict[str, int] = field(default_factory=dict)  # function pattern -> cap
+    fork: bool = True  # start runners by forking the version's zygote
+    preload: tuple[str, ...] = ()  # modules the zygote imports before forking
+    # Runners drop to this user (and group) before any plugin code runs.
+    run_as: tuple[int, int] | None = None
+    allow_root: bool = False
 
     def allows(self, function: str) -> bool:
         if self.functions is None:
@@ -144,8 +165,10 @@ def load_manifest(directory: Path) -> Plugin:
     description = data.get("description", "")
     try:
         limits, concurrency = _limits_and_caps(data)
+        fork, preload = _runner_start(data)
     except ValidationError as exc:
         raise fail(str(exc)) from None
+    run_as, allow_root = _run_as(data, fail)
     return Plugin(
         name=name,
         version=version,
@@ -157,7 +180,46 @@ def load_manifest(directory: Path) -> Plugin:
         description=str(description),
         limits=limits,
         concurrency=concurrency,
+        fork=fork,
+        preload=preload,
+        run_as=run_as,
+        allow_root=allow_root,
     )
+
+
+def _run_as(data: dict[str, Any], fail: Any) -> tuple[tuple[int, int] | None, bool]:
+    """((uid, gid) or None, allow_root) from `user`, `group` and `allow_root`.
+
+    A node running as root refuses a plugin that would run as root too, unless
+    the plugin says so explicitly.
+    """
+    allow_root = data.get("allow_root", False)
+    if not isinstance(allow_root, bool):
+        raise fail("'allow_root' must be true or false")
+    user, group = data.get("user"), data.get("group")
+    if user is None:
+        if group is not None:
+            raise fail("'group' needs a 'user'")
+        if os.geteuid() == 0 and not allow_root:
+            raise fail(
+                "its runners would run as root: name an unprivileged `user` (and `group`), "
+                "or set allow_root = true if it really must"
+            )
+        return None, allow_root
+    if not isinstance(user, str) or (group is not None and not isinstance(group, str)):
+        raise fail("'user' and 'group' must be names")
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise fail(f"no such user {user!r} on this machine") from None
+    if account.pw_uid == 0 and not allow_root:
+        raise fail("'user' is root: set allow_root = true if it really must")
+    if group is None:
+        return (account.pw_uid, account.pw_gid), allow_root
+    try:
+        return (account.pw_uid, grp.getgrnam(group).gr_gid), allow_root
+    except KeyError:
+        raise fail(f"no such group {group!r} on this machine") from None
 
 
 def _limits_and_caps(data: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
@@ -172,6 +234,18 @@ def _limits_and_caps(data: dict[str, Any]) -> tuple[dict[str, int], dict[str, in
             raise ValidationError(f"[concurrency] {pattern!r} needs a cap")
         concurrency[str(pattern)] = checked
     return limits, concurrency
+
+
+def _runner_start(data: dict[str, Any]) -> tuple[bool, tuple[str, ...]]:
+    fork = data.get("fork", True)
+    if not isinstance(fork, bool):
+        raise ValidationError("'fork' must be true or false")
+    preload = data.get("preload", [])
+    if not isinstance(preload, list) or not all(
+        isinstance(m, str) and MODULE_NAME.match(m) for m in preload
+    ):
+        raise ValidationError("'preload' must be a list of module names like \"demo.tasks\"")
+    return fork, tuple(preload)
 
 
 def check_reference(function: str) -> None:

@@ -15,6 +15,8 @@ import importlib
 import importlib.util
 import json
 import os
+import pwd
+import resource
 import signal
 import socket
 import sys
@@ -66,7 +68,12 @@ def die(reason: str) -> None:
             os._exit(EXIT_ORPHANED)
 
 
+_parent_pid = 0  # the process this runner must not outlive (node, or zygote)
+
+
 def die_with_parent(parent_pid: int) -> None:
+    global _parent_pid
+    _parent_pid = parent_pid
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -96,8 +103,7 @@ def load_runtime(path: str) -> types.ModuleType:
 
 
 def apply_limits(limits: dict[str, int]) -> None:
-    """Resource limits, set before any plugin code runs. Imported lazily: POSIX only."""
-    import resource
+    """Resource limits, set before any plugin code runs."""
 
     if "memory_mb" in limits:
         size = limits["memory_mb"] * 1024 * 1024
@@ -108,6 +114,29 @@ def apply_limits(limits: dict[str, int]) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 2))
     if "open_files" in limits:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
+
+
+def drop_privileges(run_as: list[int] | None) -> None:
+    """Become the plugin's user before any plugin code runs (the node may be root).
+
+    Changing credentials clears the parent-death signal, so it is set again.
+    """
+    if run_as is None:
+        return
+    uid, gid = run_as
+
+    try:
+        account = pwd.getpwuid(uid)
+        os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+    except KeyError:
+        os.environ.pop("HOME", None)
+    if os.getuid() != uid or os.getgid() != gid:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        die("could not drop privileges")
+    die_with_parent(_parent_pid or os.getppid())
 
 
 def limit_exceeded(exc: BaseException, limits: dict[str, int]) -> str | None:
@@ -188,6 +217,7 @@ def main() -> None:
 
     limits = dict(spec.get("limits") or {})
     apply_limits(limits)
+    drop_privileges(spec.get("run_as"))
     for entry in reversed(spec["sys_path"]):
         sys.path.insert(0, entry)
     runtime._bind(spec["task_id"], spec["attempt"], spec["fence"], channel.send)

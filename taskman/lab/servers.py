@@ -232,9 +232,17 @@ class MariaDBServer:
     APP_USER = "taskman"
     APP_PASSWORD = "lab-pw-5e1f"  # noqa: S105 - a throwaway loopback test server
 
-    def __init__(self, base_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_config: tuple[str, ...] = (),
+    ) -> None:
+        """``extra_config``: more ``[mysqld]`` lines, e.g. TLS (``ssl_cert=...``)."""
         self._base_dir = Path(base_dir).resolve()
         self._host = host
+        self._extra_config = extra_config
         self._port = port if port is not None else free_port(host)
         self._proc: subprocess.Popen[bytes] | None = None
         self._short_socket_dir: Path | None = None
@@ -444,6 +452,7 @@ class MariaDBServer:
             "skip-log-bin",
             "character-set-server=utf8mb4",
             "collation-server=utf8mb4_unicode_ci",
+            *self._extra_config,
         ]
         if run_as is not None:
             lines.insert(1, f"user={run_as}")

@@ -41,6 +41,14 @@ TRANSIENT_CODES = frozenset(
     }
 )
 AMBIGUOUS_CODES = frozenset({1180})  # error during COMMIT: outcome unknown
+DENIED_CODES = frozenset(
+    {
+        1044,  # access denied to the database
+        1045,  # access denied (user, password, or REQUIRE SSL)
+        1142,  # command denied on a table: the account lacks a privilege
+        1143,  # column privilege denied
+    }
+)
 
 
 def classify(exc: BaseException) -> BaseException:
@@ -55,7 +63,22 @@ def classify(exc: BaseException) -> BaseException:
             return AmbiguousCommitError(f"commit outcome unknown ({code}): {exc.args[-1]}")
         if code in TRANSIENT_CODES:
             return TransientStoreError(f"transient database error {code}: {exc.args[-1]}")
+        if code in DENIED_CODES:
+            return StoreError(f"the database refused ({code}): {exc.args[-1]}")
     return exc
+
+
+def tls_options(dsn: MySQLDSN) -> dict[str, Any]:
+    if not dsn.tls:
+        # PyMySQL builds an SSL context on every connect unless told not to (~15 ms).
+        return {"ssl_disabled": True}
+    return {
+        "ssl_ca": dsn.ssl_ca,
+        "ssl_cert": dsn.ssl_cert,
+        "ssl_key": dsn.ssl_key,
+        "ssl_verify_cert": True,
+        "ssl_verify_identity": dsn.ssl_verify_identity,
+    }
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -97,13 +120,13 @@ class Database:
                 password=dsn.password,
                 database=dsn.database,
                 unix_socket=dsn.unix_socket,
+                **tls_options(dsn),
                 connect_timeout=self._connect_timeout,
                 read_timeout=self._read_timeout,
                 write_timeout=self._read_timeout,
                 autocommit=False,
                 charset="utf8mb4",
                 cursorclass=pymysql.cursors.DictCursor,
-                ssl_disabled=True,
             )
         except pymysql.err.MySQLError as exc:
             raise classify(exc) from None
@@ -155,6 +178,10 @@ class Database:
                 # The connection may be half-broken or the transaction aborted by
                 # Galera; a fresh connection is the only safe state.
                 self._discard()
+                raise mapped from exc
+            if isinstance(mapped, StoreError):
+                with suppress(pymysql.err.Error):
+                    conn.rollback()
                 raise mapped from exc
             try:
                 conn.rollback()

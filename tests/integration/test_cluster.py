@@ -293,7 +293,7 @@ def test_runner_works_in_a_plugin_interpreter_without_taskman(
     plugin = tmp_path / "plugins" / "isolated"
     (plugin / "src").mkdir(parents=True)
     (plugin / "plugin.toml").write_text(
-        f'name = "isolated"\nversion = "1.0"\npython = "{venv / "bin" / "python"}"\n'
+        f'name = "isolated"\nversion = "1.0"\nallow_root = true\npython = "{venv / "bin" / "python"}"\n'
         'path = ["src"]\n[env]\nISOLATED = "yes"\n'
     )
     (plugin / "src" / "probe.py").write_text(

@@ -132,7 +132,7 @@ def test_logs_are_json_with_stable_fields_and_no_secrets(
     (plugin / "src").mkdir(parents=True)
     planted = "s3cr3t-planted-value"
     (plugin / "plugin.toml").write_text(
-        f'name = "secretive"\nversion = "1.0"\npath = ["src"]\n[env]\nAPI_KEY = "{planted}"\n'
+        f'name = "secretive"\nversion = "1.0"\nallow_root = true\npath = ["src"]\n[env]\nAPI_KEY = "{planted}"\n'
     )
     (plugin / "src" / "leak.py").write_text(
         "import os\n\ndef run():\n    raise RuntimeError('key is ' + os.environ['API_KEY'])\n"

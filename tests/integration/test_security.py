@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,9 +17,11 @@ from kazoo.exceptions import NoAuthError
 
 from taskman import Client, TaskState
 from taskman.cluster.layout import ClusterPaths
-from taskman.lab import ZooKeeperEnsemble
+from taskman.errors import StoreError
+from taskman.lab import MariaDBServer, ZooKeeperEnsemble
 from taskman.lab.servers import LabError
-from tests.integration.cluster_support import wait_state
+from taskman.store import Database
+from tests.integration.cluster_support import wait_state, wait_until
 from tests.integration.conftest import StartNode
 
 
@@ -89,3 +98,203 @@ def test_secrets_from_files_run_a_node(
     )
     task_id = client.submit("demo.tasks:add", plugin="demo", args=(1, 1))
     assert wait_state(client, task_id, TaskState.SUCCEEDED).result == 2
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A folder an unprivileged runner can enter (pytest's tmp dirs are root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="taskman-public-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_runners_drop_to_the_plugins_user_before_task_code_runs(
+    start_node: StartNode, client: Client, public_dir: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("dropping privileges needs a node running as root")
+    secret = public_dir / "root-only"
+    secret.write_text("root's eyes only")
+    secret.chmod(0o600)
+    plugin = public_dir / "plugins" / "unprivileged"
+    (plugin / "src").mkdir(parents=True)
+    (plugin / "plugin.toml").write_text(
+        # An interpreter the plugin's user can read (this machine's pyenv lives under /root).
+        'name = "unprivileged"\nversion = "1.0"\npython = "/usr/bin/python3"\npath = ["src"]\n'
+        'user = "nobody"\n'
+        'group = "nogroup"\n[env]\nPLUGIN_SETTING = "on"\n'
+    )
+    (plugin / "src" / "who.py").write_text(
+        "import os\n\n"
+        "def run(path):\n"
+        "    try:\n"
+        "        open(path).read()\n"
+        "        readable = True\n"
+        "    except PermissionError:\n"
+        "        readable = False\n"
+        "    print('hello from', os.getuid())\n"
+        "    return {'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(),\n"
+        "            'groups': os.getgroups(), 'home': os.environ.get('HOME'),\n"
+        "            'env': sorted(os.environ), 'read_root_file': readable}\n"
+    )
+    for folder in (plugin, plugin / "src"):
+        folder.chmod(0o755)
+    start_node("a", plugin_dirs=[str(public_dir / "plugins")])
+    task_id = client.submit("who:run", plugin="unprivileged", args=(str(secret),))
+    task = wait_until(lambda: (t := client.get(task_id)).state.terminal and t, 30, "the task")
+    assert task.state is TaskState.SUCCEEDED, [
+        (a.outcome, a.error_message, a.output_tail) for a in task.attempts
+    ]
+    nobody = pwd.getpwnam("nobody")
+    assert task.result["uid"] == task.result["euid"] == nobody.pw_uid
+    assert task.result["gid"] == grp.getgrnam("nogroup").gr_gid and task.result["groups"] == []
+    assert task.result["home"] == nobody.pw_dir
+    assert task.result["read_root_file"] is False
+    # The plugin's environment and a few basics: nothing of the node's.
+    allowed = {
+        "PLUGIN_SETTING",
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "PYTHONUNBUFFERED",
+        "LC_CTYPE",
+    }
+    assert set(task.result["env"]) <= allowed, set(task.result["env"]) - allowed
+    assert f"hello from {nobody.pw_uid}" in (task.attempts[0].output_tail or "")
+
+
+def _make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1, made with the openssl command."""
+    files = {
+        n: folder / f"{n}.pem"
+        for n in ("ca", "ca-key", "server", "server-key", "other-ca", "other-ca-key")
+    }
+    for ca, key in (("ca", "ca-key"), ("other-ca", "other-ca-key")):
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN=taskman test {ca}",
+                "-keyout",
+                str(files[key]),
+                "-out",
+                str(files[ca]),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    csr = folder / "server.csr"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(files["server-key"]),
+            "-out",
+            str(csr),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ext = folder / "san.cnf"
+    ext.write_text("subjectAltName = IP:127.0.0.1\n")
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(files["ca"]),
+            "-CAkey",
+            str(files["ca-key"]),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(files["server"]),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return files
+
+
+def test_mysql_tls_with_certificate_verification(tmp_path: Path) -> None:
+    certs = _make_certificates(tmp_path)
+    server = MariaDBServer(
+        tmp_path / "db",
+        extra_config=(
+            f"ssl_ca={certs['ca']}",
+            f"ssl_cert={certs['server']}",
+            f"ssl_key={certs['server-key']}",
+        ),
+    )
+    with server:
+        server.create_database("secure")
+        with server.root_connection() as root, root.cursor() as cur:
+            cur.execute("CREATE USER 'tls'@'%' IDENTIFIED BY 'tls-pw-81' REQUIRE SSL")
+            cur.execute("GRANT SELECT ON secure.* TO 'tls'@'%'")
+        base = f"mysql://tls:tls-pw-81@127.0.0.1:{server.port}/secure"
+        db = Database(f"{base}?ssl_ca={certs['ca']}", retry_deadline=2)
+        try:
+            cipher = db.query("SHOW SESSION STATUS LIKE 'Ssl_cipher'")[0]["Value"]
+            assert cipher, "the connection is not encrypted"
+        finally:
+            db.close()
+        # Without TLS the account is refused at once, with a clear error.
+        with pytest.raises(StoreError, match="refused") as refused:
+            Database(base, retry_deadline=2).query("SELECT 1")
+        assert "tls-pw-81" not in str(refused.value)
+        # A server certificate from another CA is not accepted.
+        with pytest.raises(StoreError, match=r"(?i)certificate"):
+            Database(f"{base}?ssl_ca={certs['other-ca']}", retry_deadline=1).query("SELECT 1")
+
+
+def test_least_privilege_accounts_run_the_cluster(
+    mariadb: MariaDBServer, dsn: str, start_node: StartNode
+) -> None:
+    database = dsn.rsplit("/", 1)[1]
+    node_user, client_user = f"n_{database[-10:]}", f"c_{database[-10:]}"
+    with mariadb.root_connection() as root, root.cursor() as cur:
+        # What docs/security.md prescribes: DML for nodes, less for the thin client.
+        cur.execute(f"CREATE USER '{node_user}'@'%' IDENTIFIED BY 'node-pw-7'")
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.* TO '{node_user}'@'%'")
+        cur.execute(f"CREATE USER '{client_user}'@'%' IDENTIFIED BY 'client-pw-7'")
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE ON `{database}`.tasks TO '{client_user}'@'%'")
+        cur.execute(f"GRANT SELECT ON `{database}`.attempts TO '{client_user}'@'%'")
+    host = f"127.0.0.1:{mariadb.port}/{database}"
+    node_dsn = f"mysql://{node_user}:node-pw-7@{host}"
+    client_dsn = f"mysql://{client_user}:client-pw-7@{host}"
+    start_node("a", dsn=node_dsn)
+    with Client(client_dsn) as client:
+        done = client.submit("demo.tasks:add", plugin="demo", args=(2, 2))
+        queued = client.submit("demo.tasks:add", plugin="demo", args=(1, 1), datacenter="dc9")
+        assert wait_state(client, done, TaskState.SUCCEEDED).result == 4
+        assert client.abort(queued) is TaskState.ABORTED
+    # Neither account can change the schema: migrations need the admin DSN.
+    for restricted in (node_dsn, client_dsn):
+        with pytest.raises(StoreError, match="refused"):
+            Database(restricted).execute("CREATE TABLE x (id INT)")

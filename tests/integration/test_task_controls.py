@@ -130,7 +130,7 @@ def test_plugin_default_limits_apply_and_tasks_override_them(
     plugin = tmp_path / "plugins" / "capped"
     (plugin / "src").mkdir(parents=True)
     (plugin / "plugin.toml").write_text(
-        'name = "capped"\nversion = "1.0"\npath = ["src"]\n[limits]\noutput_bytes = 4096\n'
+        'name = "capped"\nversion = "1.0"\nallow_root = true\npath = ["src"]\n[limits]\noutput_bytes = 4096\n'
     )
     (plugin / "src" / "noisy.py").write_text(
         "def talk(n):\n    for i in range(n):\n        print('y' * 99)\n    return n\n"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import sys
 from pathlib import Path
@@ -24,14 +26,17 @@ def make_plugin(
     extra: str = "",
     *,
     src: bool = True,
+    allow_root: bool = True,
 ) -> Path:
     directory = base / folder
     directory.mkdir(parents=True)
     if src:
         (directory / "src").mkdir()
     path_line = 'path = ["src"]\n' if src else ""
+    # The tests may run as root, where a plugin must say it may run as root.
+    root_line = "allow_root = true\n" if allow_root else ""
     (directory / MANIFEST).write_text(
-        f'name = "{name}"\nversion = "{version}"\n{path_line}{extra}', "utf-8"
+        f'name = "{name}"\nversion = "{version}"\n{path_line}{root_line}{extra}', "utf-8"
     )
     return directory
 
@@ -93,7 +98,7 @@ def test_invalid_manifest_names_the_file(tmp_path: Path, extra: str, message: st
 
 def test_unknown_key_lists_the_known_keys(tmp_path: Path) -> None:
     with pytest.raises(
-        PluginError, match="known: concurrency, description, env, functions, limits, name"
+        PluginError, match="known: allow_root, concurrency, description, env, fork, functions"
     ):
         load_manifest(make_plugin(tmp_path, "p", extra="x = 1\n"))
 
@@ -239,7 +244,7 @@ def test_scan_keeps_good_plugins_and_lists_the_broken_one(tmp_path: Path) -> Non
 
 def test_scan_finds_nested_manifests_and_one_at_the_top(tmp_path: Path) -> None:
     make_plugin(tmp_path / "group", "nested", name="nested")
-    (tmp_path / MANIFEST).write_text('name = "top"\nversion = "3"\n', "utf-8")
+    (tmp_path / MANIFEST).write_text('name = "top"\nversion = "3"\nallow_root = true\n', "utf-8")
     registry = PluginRegistry.scan([tmp_path])
     assert registry.available() == {"nested": ["1.0"], "top": ["3"]}
     assert registry.problems == []
@@ -326,3 +331,37 @@ def test_shipped_examples_load_without_problems() -> None:
     assert "hello from demo" not in str(demo.summary())
     for plugin in (demo, registry.resolve("greeter", "1.0"), registry.resolve("greeter")):
         assert os.path.isdir(plugin.sys_path[0])
+
+
+# -- who runners run as --------------------------------------------------------------------
+
+
+def test_root_node_refuses_a_plugin_that_would_run_as_root(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the rule applies only when the node runs as root")
+    directory = make_plugin(tmp_path, "p", allow_root=False)
+    with pytest.raises(PluginError, match="would run as root"):
+        load_manifest(directory)
+
+
+def test_user_and_group_resolve_to_ids(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    plugin = load_manifest(
+        make_plugin(tmp_path, "p", extra='user = "nobody"\ngroup = "nogroup"\n', allow_root=False)
+    )
+    assert plugin.run_as == (nobody.pw_uid, grp.getgrnam("nogroup").gr_gid)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('user = "no-such-user-x"\n', "no such user 'no-such-user-x'"),
+        ('user = "nobody"\ngroup = "no-such-group-x"\n', "no such group"),
+        ('group = "nogroup"\n', "'group' needs a 'user'"),
+        ('user = "root"\n', "'user' is root"),
+        ("allow_root = 1\n", "'allow_root' must be true or false"),
+    ],
+)
+def test_bad_run_as_settings(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(PluginError, match=message):
+        load_manifest(make_plugin(tmp_path, "p", extra=extra, allow_root=False))
