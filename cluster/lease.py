@@ -46,6 +46,41 @@ class ClaimLease:
                     return None
         return None
 
+    def acquire_many(self, attempts: list[tuple[int, int]]) -> list[int | None]:
+        """Claim several attempts with pipelined creates: one round trip, not one each.
+
+        Tokens in the order given; None where another node holds the claim.
+        """
+        pending = [
+            self.client.create_async(
+                self.paths.claim(task_id, attempt),
+                self.node_id.encode(),
+                ephemeral=True,
+                include_data=True,
+            )
+            for task_id, attempt in attempts
+        ]
+        tokens: list[int | None] = []
+        failure: Exception | None = None
+        for (task_id, attempt), result in zip(attempts, pending, strict=True):
+            try:
+                _, stat = wait(result)
+                tokens.append(int(stat.czxid))
+            except NodeExistsError:
+                # Rare (a lost race, or our own create that timed out): the careful path.
+                tokens.append(None if failure else self.acquire(task_id, attempt))
+            except Exception as exc:  # noqa: BLE001 - collected, then re-raised below
+                failure = failure or exc
+                tokens.append(None)
+        if failure is not None:
+            # No row backs these claims: drop them so other nodes are not blocked.
+            for (task_id, attempt), token in zip(attempts, tokens, strict=True):
+                if token is not None:
+                    with contextlib.suppress(Exception):
+                        self.release(task_id, attempt)
+            raise failure
+        return tokens
+
     def _drop_own_leftover(self, path: str) -> bool:
         # A create that timed out on our side may still have succeeded: that claim is
         # ours but no database row backs it. Delete it and try again.

@@ -21,6 +21,13 @@ from typing import Any
 
 from taskman.errors import RunnerError
 from taskman.runner import protocol
+from taskman.runner.zygote import (
+    ForkedProcess,
+    ZygotePool,
+    ZygoteUnavailableError,
+    existing_pool,
+    shared_pool,
+)
 
 CHILD_PATH = str(Path(__file__).with_name("child.py"))
 OUTPUT_TAIL = 64 * 1024
@@ -54,6 +61,9 @@ class RunnerSpec:
     heartbeat_interval: float
     watchdog_timeout: float
     limits: dict[str, int] = field(default_factory=dict)
+    run_as: tuple[int, int] | None = None  # (uid, gid) the child drops to before task code
+    fork: bool = True  # fork from the plugin version's zygote; False: always a fresh interpreter
+    preload: tuple[str, ...] = ()  # modules the zygote imports before it forks
 
 
 @dataclass
@@ -66,7 +76,9 @@ class RunnerEvent:
 class Runner:
     spec: RunnerSpec
     events: queue.Queue[RunnerEvent]
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
+    zygotes: ZygotePool | None = None  # None: the process's shared pool
+    spawn_mode: str = ""  # "fork" (from a zygote) or "cold" (a fresh interpreter)
     started_at: float = 0.0
     last_heard: float = 0.0
     pid: int = 0
@@ -85,26 +97,39 @@ class Runner:
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         env.update(self.spec.env)
         env["PYTHONUNBUFFERED"] = "1"
+        pool = None
+        if self.spec.fork:
+            pool = self.zygotes if self.zygotes is not None else shared_pool()
+            try:
+                self.process = pool.fork(self.spec, env, _runtime_path(), child_sock)
+                self.spawn_mode = "fork"
+            except ZygoteUnavailableError:
+                self.process = None  # the cold spawn below, as for `fork = false`
         env["TASKMAN_RUNNER_FD"] = str(child_sock.fileno())
         env["TASKMAN_NODE_PID"] = str(os.getpid())
         try:
-            self.process = subprocess.Popen(
-                [self.spec.python, "-u", CHILD_PATH],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(child_sock.fileno(),),
-                env=env,
-                cwd=self.spec.cwd,
-                start_new_session=True,  # its own process group: stop it and its children together
-                close_fds=True,
-            )
+            if self.process is None:
+                self.spawn_mode = "cold"
+                self.process = subprocess.Popen(
+                    [self.spec.python, "-u", CHILD_PATH],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(child_sock.fileno(),),
+                    env=env,
+                    cwd=self.spec.cwd,
+                    start_new_session=True,  # its own process group: stop it and its children together
+                    close_fds=True,
+                )
         except OSError as exc:
             parent_sock.close()
             raise RunnerError(f"cannot start {self.spec.python}: {exc}") from exc
         finally:
             child_sock.close()
         self.pid = self.process.pid
+        tracker = pool or self.zygotes or existing_pool()
+        if tracker is not None:
+            tracker.track(self.pid)  # orphans left in its session get reaped
         self._sock = parent_sock
         self.started_at = self.last_heard = time.monotonic()
         self.send(
@@ -121,6 +146,7 @@ class Runner:
                 "heartbeat_interval": self.spec.heartbeat_interval,
                 "watchdog_timeout": self.spec.watchdog_timeout,
                 "limits": self.spec.limits,
+                "run_as": self.spec.run_as,
             }
         )
         name = f"runner-{self.spec.task_id}"

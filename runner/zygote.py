@@ -1,0 +1,466 @@
+"""A pre-warmed fork server (zygote) per plugin version, and the node side that drives it.
+
+Standard library only at import time: the node imports this module, and the zygote
+runs this same file as a script in the plugin's interpreter (``<python> -u zygote.py``),
+where taskman may not be installed. docs/runner.md explains the design; in short:
+
+* The node starts one zygote per plugin version (interpreter, sys.path, env, cwd,
+  preload list) on first use. The zygote imports runner/child.py, the node's
+  ``taskman.runtime`` and the manifest's ``preload`` modules, then waits.
+* Per attempt the node sends one SOCK_SEQPACKET packet ``{"t": "fork"}`` with two
+  fds (SCM_RIGHTS): the attempt's socket and the write end of its output pipe.
+* The zygote forks an intermediate that forks the runner and exits at once. The
+  node is a child subreaper (PR_SET_CHILD_SUBREAPER), so the orphaned runner is
+  reparented to the node, not to init: the node is its parent, collects its exit
+  status with waitpid exactly as for a cold spawn, and the runner's
+  PR_SET_PDEATHSIG names the node. A dying zygote takes no runner with it.
+* The runner calls setsid() (its own session and process group, as a cold start's
+  ``start_new_session``), points fds 0-2 at /dev/null and the output pipe, and runs
+  runner/child.py's ``main()`` unchanged: same spec, rlimits, watchdog and messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskman.runner.supervisor import RunnerSpec
+
+ZYGOTE_PATH = str(Path(__file__).resolve())
+PR_SET_CHILD_SUBREAPER = 36
+PACKET = 65536
+START_TIMEOUT = 30.0  # importing a heavy plugin's preload list may take a while
+FORK_TIMEOUT = 5.0
+RETRY_AFTER = 30.0  # after a zygote failed to start, cold-spawn this long before retrying
+EXIT_FORK_FAILED = 72
+
+
+# -- node side --------------------------------------------------------------------------
+
+
+class ZygoteUnavailableError(Exception):
+    """This attempt cannot be forked: the caller cold-spawns it instead."""
+
+
+class ForkedProcess:
+    """A forked runner as the node sees it: enough of Popen's interface for the Runner.
+
+    The node is the runner's parent (after reparenting), so wait() is a plain waitpid.
+    """
+
+    def __init__(self, pid: int, stdout_fd: int) -> None:
+        self.pid = pid
+        self.stdout = os.fdopen(stdout_fd, "rb", buffering=0)
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        # Like Popen.poll: if another thread is blocked in wait(), the answer is "running".
+        if self.returncode is None and self._lock.acquire(blocking=False):
+            try:
+                self._reap(os.WNOHANG)
+            finally:
+                self._lock.release()
+        return self.returncode
+
+    def wait(self) -> int:
+        with self._lock:
+            while self.returncode is None:
+                self._reap(0)
+        return self.returncode
+
+    def _reap(self, flags: int) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            self.returncode = -int(signal.SIGKILL)  # reaped elsewhere: status unknown
+            return
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+
+
+class Zygote:
+    """One zygote process and its control socket; fork requests are serialised."""
+
+    def __init__(self, spec: RunnerSpec, env: dict[str, str], runtime_path: str) -> None:
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        zenv = dict(env)
+        zenv["TASKMAN_ZYGOTE_FD"] = str(theirs.fileno())
+        zenv["TASKMAN_NODE_PID"] = str(os.getpid())
+        zenv["TASKMAN_ZYGOTE_CONFIG"] = json.dumps(
+            {
+                "sys_path": spec.sys_path,
+                "preload": list(spec.preload),
+                "runtime_path": runtime_path,
+                "run_as": getattr(spec, "run_as", None),
+            }
+        )
+        try:
+            self.process = subprocess.Popen(
+                [spec.python, "-u", ZYGOTE_PATH],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=(theirs.fileno(),),
+                env=zenv,
+                cwd=spec.cwd,
+                start_new_session=True,  # a runner's killpg never reaches the zygote
+                close_fds=True,
+            )
+        except OSError as exc:
+            self.control.close()
+            raise ZygoteUnavailableError(f"cannot start {spec.python}: {exc}") from exc
+        finally:
+            theirs.close()
+        self.lock = threading.Lock()
+        self.control.settimeout(START_TIMEOUT)
+        try:
+            hello = self._receive()
+        except ZygoteUnavailableError:
+            self.close()
+            raise
+        self.control.settimeout(FORK_TIMEOUT)
+        self.pid = self.process.pid
+        self.preload_errors: list[str] = list(hello.get("preload_errors") or [])
+
+    def _receive(self) -> dict[str, Any]:
+        try:
+            data = self.control.recv(PACKET)
+        except OSError as exc:
+            raise ZygoteUnavailableError(f"zygote did not answer: {exc}") from exc
+        if not data:
+            raise ZygoteUnavailableError(f"zygote exited: {self._stderr_tail()}")
+        value = json.loads(data)
+        if not isinstance(value, dict):
+            raise ZygoteUnavailableError("zygote sent garbage")
+        return value
+
+    def _stderr_tail(self) -> str:
+        if self.process.poll() is None or self.process.stderr is None:
+            return "(still running)"
+        return self.process.stderr.read()[-2000:].decode("utf-8", "replace").strip()
+
+    def fork(self, child_sock: socket.socket) -> ForkedProcess:
+        """Fork one runner that talks over ``child_sock``; raises ZygoteUnavailableError."""
+        out_r, out_w = os.pipe()
+        try:
+            with self.lock:
+                try:
+                    socket.send_fds(self.control, [b'{"t":"fork"}'], [child_sock.fileno(), out_w])
+                except OSError as exc:
+                    raise ZygoteUnavailableError(f"zygote gone: {exc}") from exc
+                reply = self._receive()
+        except BaseException:
+            os.close(out_r)
+            raise
+        finally:
+            os.close(out_w)  # the runner holds the only write end: EOF when it exits
+        if reply.get("t") != "forked" or not isinstance(reply.get("pid"), int):
+            os.close(out_r)
+            raise ZygoteUnavailableError(f"zygote could not fork: {reply.get('message', reply)}")
+        return ForkedProcess(int(reply["pid"]), out_r)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.control.close()
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def _subreaper() -> bool:
+    """Make this process a child subreaper: orphaned runners are reparented to us."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class ZygotePool:
+    """Zygotes keyed by plugin version; a fork that cannot happen becomes a cold spawn."""
+
+    def __init__(self, log: Callable[..., None] | None = None) -> None:
+        self.zygotes: dict[tuple[Any, ...], Zygote] = {}
+        self.failed_until: dict[tuple[Any, ...], float] = {}
+        self.lock = threading.Lock()
+        self.sessions: deque[int] = deque(maxlen=10_000)
+        self.log = log or _default_log
+        self.enabled = _subreaper()
+        if not self.enabled:
+            self.log("zygote.disabled", reason="PR_SET_CHILD_SUBREAPER is not available")
+        self._closed = threading.Event()
+        if self.enabled:
+            threading.Thread(target=self._reap_orphans, name="orphan-reaper", daemon=True).start()
+
+    @staticmethod
+    def key(spec: RunnerSpec) -> tuple[Any, ...]:
+        return (
+            spec.python,
+            tuple(spec.sys_path),
+            tuple(sorted(spec.env.items())),
+            spec.cwd,
+            tuple(spec.preload),
+            getattr(spec, "run_as", None),  # one zygote per user: it drops privileges itself
+        )
+
+    def fork(
+        self, spec: RunnerSpec, env: dict[str, str], runtime_path: str, child_sock: socket.socket
+    ) -> ForkedProcess:
+        if not self.enabled or self._closed.is_set():
+            raise ZygoteUnavailableError("zygotes are off")
+        zygote = self._zygote(spec, env, runtime_path)
+        try:
+            return zygote.fork(child_sock)
+        except ZygoteUnavailableError as exc:
+            # Dead or wedged: drop it; this attempt cold-spawns, the next one starts a new zygote.
+            self.log("zygote.lost", pid=zygote.pid, error=str(exc))
+            with self.lock:
+                if self.zygotes.get(self.key(spec)) is zygote:
+                    del self.zygotes[self.key(spec)]
+            zygote.close()
+            raise
+
+    def _zygote(self, spec: RunnerSpec, env: dict[str, str], runtime_path: str) -> Zygote:
+        key = self.key(spec)
+        with self.lock:
+            zygote = self.zygotes.get(key)
+            if zygote is not None and zygote.alive:
+                return zygote
+            if zygote is not None:
+                self.log("zygote.lost", pid=zygote.pid, error="exited")
+                zygote.close()
+                del self.zygotes[key]
+            if time.monotonic() < self.failed_until.get(key, 0.0):
+                raise ZygoteUnavailableError("zygote failed to start recently")
+            try:
+                zygote = Zygote(spec, env, runtime_path)
+            except ZygoteUnavailableError as exc:
+                self.failed_until[key] = time.monotonic() + RETRY_AFTER
+                self.log("zygote.start_failed", python=spec.python, error=str(exc))
+                raise
+            if zygote.preload_errors:
+                self.log("zygote.preload_failed", pid=zygote.pid, errors=zygote.preload_errors)
+            self.log("zygote.started", pid=zygote.pid, python=spec.python, cwd=spec.cwd)
+            self.zygotes[key] = zygote
+            return zygote
+
+    def track(self, pid: int) -> None:
+        """A runner's pid is its session id: orphans left in that session are ours to reap."""
+        self.sessions.append(pid)
+
+    def _reap_orphans(self) -> None:
+        # As a subreaper we inherit every orphan below us, such as a task's leftover
+        # grandchild once its runner is gone. Reap the zombies of runner sessions only:
+        # other children of this process belong to whoever started them (Popen).
+        me = os.getpid()
+        while not self._closed.wait(1.0):
+            sessions = set(self.sessions)
+            for pid in _children(me):
+                state, session = _state_and_session(pid)
+                if state == "Z" and session in sessions and pid != session:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self.lock:
+            zygotes, self.zygotes = list(self.zygotes.values()), {}
+        for zygote in zygotes:
+            zygote.close()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                found.extend(int(p) for p in (task / "children").read_text().split())
+    return found
+
+
+def _state_and_session(pid: int) -> tuple[str, int]:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[3])
+    except (OSError, ValueError, IndexError):
+        return "?", -1
+
+
+def _default_log(event: str, **fields: Any) -> None:
+    import structlog
+
+    structlog.get_logger("taskman.runner").info(event, **fields)
+
+
+_shared: ZygotePool | None = None
+_shared_lock = threading.Lock()
+
+
+def existing_pool() -> ZygotePool | None:
+    return _shared
+
+
+def shared_pool() -> ZygotePool:
+    """The process's pool, started on first use; its zygotes die with this process."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ZygotePool()
+        return _shared
+
+
+# -- zygote side (runs in the plugin's interpreter) -------------------------------------
+
+
+def serve() -> None:  # pragma: no cover - runs in the zygote process
+    runner_dir = os.path.dirname(os.path.abspath(__file__))
+    if runner_dir not in sys.path:
+        sys.path.insert(0, runner_dir)
+    import child  # type: ignore[import-not-found]  # runner/child.py, beside this file
+
+    # As in a cold child, the runner's folder is not on the task's import path.
+    with contextlib.suppress(ValueError):
+        sys.path.remove(runner_dir)
+    control_fd = int(os.environ.pop("TASKMAN_ZYGOTE_FD"))
+    node_pid = int(os.environ["TASKMAN_NODE_PID"])
+    config = json.loads(os.environ.pop("TASKMAN_ZYGOTE_CONFIG"))
+    child.die_with_parent(node_pid)  # the zygote dies with the node
+    control = socket.socket(fileno=control_fd)
+
+    # What a cold child would import first, done once here: the runtime, then the
+    # plugin's preload list. The forked child must reuse this very runtime module,
+    # or plugin modules imported here would hold a runtime that is never bound.
+    runtime = child.load_runtime(config["runtime_path"])
+
+    def preloaded_runtime(path: str) -> Any:
+        return runtime if path == config["runtime_path"] else original_load(path)
+
+    original_load = child.load_runtime
+    child.load_runtime = preloaded_runtime
+    # Plugin code (the preload list) must never run with the node's privileges: the
+    # zygote becomes the plugin's user first, so its forks already are.
+    drop = getattr(child, "drop_privileges", None)
+    if drop is not None and config.get("run_as") is not None:
+        drop(config["run_as"])
+    errors = []
+    if config["preload"]:
+        sys.path[0:0] = config["sys_path"]  # in front, as the child puts them
+        for module in config["preload"]:
+            try:
+                __import__(module)
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin still gets a cold-like child
+                errors.append(f"{module}: {type(exc).__name__}: {exc}")
+    import gc
+
+    gc.freeze()  # what is loaded now stays shared with every fork: no copy-on-write by the GC
+    control.send(json.dumps({"t": "ready", "pid": os.getpid(), "preload_errors": errors}).encode())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(control, PACKET, 2)
+        except OSError:
+            os._exit(0)
+        if not data:
+            os._exit(0)  # the node closed its end: it is gone or done with us
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            control.send(b'{"t":"error","message":"expected two fds"}')
+            continue
+        try:
+            pid = _fork_runner(control, fds[0], fds[1], node_pid)
+            reply = {"t": "forked", "pid": pid}
+        except OSError as exc:
+            reply = {"t": "error", "message": str(exc)}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        control.send(json.dumps(reply).encode())
+
+
+def _fork_runner(
+    control: socket.socket, sock_fd: int, out_fd: int, node_pid: int
+) -> int:  # pragma: no cover
+    report_r, report_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # the intermediate: fork the runner and vanish, so it is orphaned
+        try:
+            os.close(report_r)
+            runner = os.fork()
+            if runner == 0:
+                os.close(report_w)
+                _become_runner(control, sock_fd, out_fd, node_pid)
+            os.write(report_w, str(runner).encode())
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    with os.fdopen(report_r, "rb") as reader:
+        text = reader.read()
+    os.waitpid(middle, 0)  # when this returns the runner has been reparented
+    if not text:
+        raise OSError("the intermediate process failed to fork")
+    return int(text)
+
+
+def _become_runner(
+    control: socket.socket, sock_fd: int, out_fd: int, node_pid: int
+) -> None:  # pragma: no cover
+    code = 1
+    try:
+        control.close()  # only the zygote talks to the node on the control socket
+        os.setsid()  # own session and process group: the node stops it with killpg
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        os.close(null)
+        os.close(out_fd)
+        deadline = time.monotonic() + 5.0
+        while os.getppid() != node_pid and time.monotonic() < deadline:
+            time.sleep(0.0002)  # the intermediate is exiting; reparenting is moments away
+        os.environ["TASKMAN_RUNNER_FD"] = str(sock_fd)
+        os.environ["TASKMAN_NODE_PID"] = str(node_pid)
+        import child
+
+        child.main()  # checks getppid() == node and sets PR_SET_PDEATHSIG itself
+        code = child.EXIT_OK
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - report it on the captured output, never return to the loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)  # never back into the zygote's loop; skip non-daemon task threads
+
+
+if __name__ == "__main__":
+    serve()
