@@ -12,7 +12,7 @@ import contextlib
 
 import structlog
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, LockTimeout
+from kazoo.exceptions import KazooException, LockTimeout, NoNodeError
 from kazoo.recipe.lock import Lock
 
 from taskman.cluster.layout import ClusterPaths
@@ -44,6 +44,7 @@ class LeaderElection:
         if self.is_leader:
             return self.epoch
         self.resign()
+        self._drop_own_contenders()
         lock = self.client.Lock(self.paths.leader, self.node_id)
         try:
             acquired = lock.acquire(timeout=timeout)
@@ -71,6 +72,30 @@ class LeaderElection:
         self.epoch = int(stat.czxid)
         return self.epoch
 
+    def _drop_own_contenders(self) -> None:
+        """Delete contender znodes our session left behind.
+
+        A contender create in flight when the connection dropped can land after
+        kazoo's Lock gave up on it. No Lock object knows it, yet it sits in the
+        queue with a live session: every node, this one included, would wait
+        behind it until the session ends (seen in the chaos lab: no leader for
+        minutes after a partition).
+        """
+        client_id = self.client.client_id
+        if client_id is None:
+            return
+        try:
+            children = wait(self.client.get_children_async(self.paths.leader))
+            for child in children:
+                path = f"{self.paths.leader}/{child}"
+                stat = wait(self.client.exists_async(path))
+                if stat is not None and stat.ephemeralOwner == client_id[0]:
+                    log.warning("leader.orphan_contender_dropped", path=path)
+                    with contextlib.suppress(NoNodeError):
+                        wait(self.client.delete_async(path))
+        except (KazooException, CoordinationError) as exc:
+            log.info("leader.contender_check_failed", error=str(exc))
+
     def resign(self) -> None:
         lock, self._lock, self.epoch = self._lock, None, None
         if lock is not None:
@@ -79,9 +104,11 @@ class LeaderElection:
 
     def current_leader(self) -> str | None:
         """The node id of the current leader, as ZooKeeper orders the contenders."""
-        lock = self.client.Lock(self.paths.leader, self.node_id)
         try:
-            contenders = lock.contenders()
-        except KazooException:
+            # Lock.contenders() creates a missing path: never create it from a reader.
+            if wait(self.client.exists_async(self.paths.leader)) is None:
+                return None
+            contenders = self.client.Lock(self.paths.leader, self.node_id).contenders()
+        except (KazooException, CoordinationError):
             return None
         return str(contenders[0]) if contenders else None

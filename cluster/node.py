@@ -46,6 +46,7 @@ from taskman.cluster.lease import ClaimLease
 from taskman.cluster.reaper import Reaper, ReapReport
 from taskman.cluster.zk import SessionMonitor, connect, ensure_namespace, wait, zk_security
 from taskman.config import NodeConfig
+from taskman.dsn import parse_dsn
 from taskman.errors import (
     CoordinationError,
     PluginError,
@@ -54,6 +55,7 @@ from taskman.errors import (
     StoreError,
     TaskmanError,
 )
+from taskman.logs import add_secrets, scrub
 from taskman.plugins import Plugin, PluginRegistry
 from taskman.runner import Runner, RunnerEvent, RunnerSpec, describe_exit
 from taskman.states import Outcome, TaskState
@@ -68,11 +70,23 @@ PRUNE_INTERVAL = 5.0  # retention passes: at most 1 s of small DELETE batches ea
 RUNNER_SILENCE_LIMIT = 60.0  # a child whose heartbeat thread is silent this long is hung
 
 
+def secrets_of(config: NodeConfig, registry: PluginRegistry) -> list[str]:
+    """Values that must never reach a log line or a stored attempt: passwords, plugin env."""
+    values = [parse_dsn(config.dsn).password]
+    if config.zookeeper_auth:
+        values.append(config.zookeeper_auth.partition(":")[2])
+    for versions in registry.plugins.values():
+        for plugin in versions.values():
+            values.extend(plugin.env.values())
+    return values
+
+
 class Node:
     def __init__(self, config: NodeConfig, registry: PluginRegistry | None = None) -> None:
         self.config = config
         self.paths = ClusterPaths(config.cluster)
         self.registry = registry or PluginRegistry.scan(config.plugin_dirs)
+        add_secrets(secrets_of(config, self.registry))
         self.events: queue.Queue[RunnerEvent] = queue.Queue()
         self.active: dict[int, ActiveAttempt] = {}
         self.unrecorded: list[tuple[ActiveAttempt, Ending]] = []
@@ -88,6 +102,7 @@ class Node:
         self.started = threading.Event()
         self._guard_done = threading.Event()
         self._next_depth = 0.0
+        self._started_at = time.time()  # for operators: wall clock is fine here
         self._next_prune = 0.0
         self._published_used = 0
         self._next_member_update = 0.0
@@ -200,7 +215,7 @@ class Node:
             "taskman_version": taskman.__version__,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "started_at": time.time(),
+            "started_at": self._started_at,
         }
 
     def _shutdown(self) -> None:
@@ -320,7 +335,7 @@ class Node:
                         active.runner.kill()
             elif time.monotonic() >= next_ping:
                 next_ping = time.monotonic() + ping_every
-                if silence < cfg.session_timeout / 4:
+                if silence < cfg.ping_cutoff:
                     for active in list(self.active.values()):
                         active.runner.ping()
             self._guard_done.wait(0.05)
@@ -554,13 +569,15 @@ class Node:
                 outcome=ending.outcome,
                 task_state=ending.state,
                 result_json=ending.result_json,
+                # Task code may print or raise its own secrets (plugin env values):
+                # they are scrubbed before they reach the table, the CLI and the UI.
                 error_type=ending.error_type,
-                error_message=ending.error_message,
-                traceback=ending.traceback,
-                output_tail=active.runner.output_tail(),
+                error_message=scrub(ending.error_message),
+                traceback=scrub(ending.traceback),
+                output_tail=scrub(active.runner.output_tail()),
                 retry_delay=ending.retry_delay,
                 counts_as_failure=ending.counts_as_failure,
-                task_error_message=ending.summary,
+                task_error_message=scrub(ending.summary),
             )
             metrics.ATTEMPT_SECONDS.labels(claim.plugin, ending.outcome.value).observe(
                 time.monotonic() - active.claimed_at

@@ -19,6 +19,7 @@ import structlog
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoAuthError, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions, make_digest_acl
 
@@ -137,6 +138,8 @@ class SessionMonitor:
         self.probe_path = probe_path
         self.session_timeout = session_timeout
         self.interval = min(0.5, session_timeout / 10)
+        self.failover_after = 0.2 * session_timeout
+        self._last_failover = 0.0
         self.last_ok = time.monotonic()
         self.state: str = KazooState.CONNECTED
         self.session_id: int | None = self._session_id()
@@ -166,9 +169,9 @@ class SessionMonitor:
         while not self._stop.is_set():
             sent = time.monotonic()
             try:
-                self.client.exists_async(self.probe_path).get(timeout=self.session_timeout)
-            except Exception:  # noqa: BLE001, S110 - any failure means no confirmed contact
-                pass
+                self.client.exists_async(self.probe_path).get(timeout=self.failover_after)
+            except Exception:  # noqa: BLE001 - any failure means no confirmed contact
+                self._maybe_fail_over()
             else:
                 session = self._session_id()
                 if session is not None and session != self.session_id:
@@ -177,6 +180,26 @@ class SessionMonitor:
                     self.lost.set()
                 self.last_ok = sent
             self._stop.wait(self.interval)
+
+    def _maybe_fail_over(self) -> None:
+        """Make kazoo leave a server that stopped answering, keeping the session.
+
+        kazoo notices a dead server only after two thirds of the session timeout;
+        by then the node would have fenced itself. Dropping the connection early
+        makes it reconnect to another server of the ensemble with the same session
+        (kazoo's own test harness uses the same hook to simulate a lost connection).
+        """
+        now = time.monotonic()
+        if (
+            self.silence() < self.failover_after
+            or self.state != KazooState.CONNECTED
+            or now - self._last_failover < self.session_timeout / 2
+        ):
+            return
+        self._last_failover = now
+        log.warning("node.zookeeper_failover", silent_for=round(self.silence(), 2))
+        with contextlib.suppress(Exception):
+            self.client._call(_CONNECTION_DROP, None)
 
     def silence(self) -> float:
         """Seconds since the last confirmed round trip."""

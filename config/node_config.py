@@ -57,19 +57,36 @@ class NodeConfig:
     metrics_address: str | None = None  # "host:port" for /metrics, /healthz, /readyz
     drain_timeout: float = 30.0  # on SIGTERM or `taskman node drain`: let attempts finish
 
+    # The self-fencing budget, in fractions of the session timeout. ZooKeeper can
+    # expire a session one tick (0.5 s) before session_timeout after it last heard
+    # from the node; every runner must be dead by then. A runner last pinged at
+    # ping_cutoff dies within runner_watchdog (+ a quarter of it, its check period):
+    # 0.4 + 0.25 + 0.06 = 0.71 of the session. The node itself SIGKILLs at 0.65.
+    # Before any of that, at 0.2, the node makes kazoo try another server.
+
+    @property
+    def zookeeper_failover_after(self) -> float:
+        """No confirmed round trip for this long: drop the connection, try another server."""
+        return 0.2 * self.session_timeout
+
+    @property
+    def ping_cutoff(self) -> float:
+        """The node pings its runners only while ZooKeeper answered within this long."""
+        return 0.4 * self.session_timeout
+
     @property
     def runner_watchdog(self) -> float:
         """A runner that hears nothing from its node for this long kills itself.
 
-        Well inside the session timeout: a paused node's runners are dead before
-        ZooKeeper expires its session and the leader reclaims their tasks.
+        A node frozen by SIGSTOP cannot kill anything; its runners notice the
+        silence and die before ZooKeeper expires its session.
         """
-        return max(0.3 * self.session_timeout, 3 * min(self.heartbeat_interval, 0.5))
+        return 0.25 * self.session_timeout
 
     @property
     def self_fence_after(self) -> float:
         """With no confirmed ZooKeeper contact for this long, the node kills its runners."""
-        return 0.5 * self.session_timeout
+        return 0.65 * self.session_timeout
 
     def redacted(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -146,7 +163,7 @@ def _read_secret(path: str, key: str, source: str, base: Path) -> str:
     return secret
 
 
-def _coerce(name: str, value: Any, source: str, base: Path) -> Any:
+def _coerce(name: str, value: Any, source: str, base: Path) -> Any:  # noqa: PLR0911 - one per kind
     kind = FIELDS[name].type
     try:
         if name == "plugin_dirs":
@@ -217,18 +234,14 @@ def _check(config: NodeConfig, source: str) -> None:
         raise fail("'plugin_dirs' must name at least one directory")
     if config.slots < 1:
         raise fail("'slots' must be at least 1")
-    if not 1.0 <= config.session_timeout <= 60.0:
-        raise fail("'session_timeout' must be between 1 and 60 seconds")
+    if not 3.0 <= config.session_timeout <= 60.0:
+        # Below 3 s the self-fencing budget (0.71 of it) leaves no margin before expiry.
+        raise fail("'session_timeout' must be between 3 and 60 seconds")
     for name in ("heartbeat_interval", "poll_interval", "kill_grace"):
         if getattr(config, name) <= 0:
             raise fail(f"{name!r} must be positive")
     if config.heartbeat_interval >= config.session_timeout / 2:
         raise fail("'heartbeat_interval' must be under half of 'session_timeout'")
-    if config.runner_watchdog >= config.session_timeout:
-        raise fail(
-            f"'heartbeat_interval' is too long for 'session_timeout': the runner_watchdog "
-            f"({config.runner_watchdog:.2f} s) must be shorter than the session"
-        )
     if config.heartbeat_timeout < 3 * config.heartbeat_interval:
         raise fail("'heartbeat_timeout' must be at least 3 heartbeat intervals")
     if config.max_reclaims < 0:

@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, overload
 
 import structlog
 
@@ -27,6 +27,12 @@ def add_secrets(values: Iterable[str]) -> None:
         _secrets.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
 
 
+@overload
+def scrub(value: str) -> str: ...
+@overload
+def scrub(value: None) -> None: ...
+@overload
+def scrub(value: Any) -> Any: ...
 def scrub(value: Any) -> Any:
     if isinstance(value, str):
         for secret in _secrets:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskman.cli import lab, schedule, server, tasks
+from taskman.cli import lab, schedule, server, tasks, ui
 from taskman.cli.common import fail
 from taskman.cli.exitcodes import Exit
 from taskman.errors import TaskmanError
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.register(sub)
     lab.register(sub)
     schedule.register(sub)
+    ui.register(sub)
     return parser
 
 

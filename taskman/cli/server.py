@@ -13,8 +13,7 @@ from taskman.cli.common import add_dsn, add_json, emit, env_flag, require_dsn
 from taskman.cli.exitcodes import Exit
 from taskman.cluster.zk import ZkSecurity
 from taskman.config import NodeConfig
-from taskman.dsn import parse_dsn, redact
-from taskman.plugins import PluginRegistry
+from taskman.dsn import redact
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,7 +102,6 @@ def node(args: argparse.Namespace) -> int:
     drain_timeout = config.drain_timeout if args.drain_timeout is None else args.drain_timeout
     logs.configure(config.log_level, config.log_format)
     instance = Node(config)
-    logs.add_secrets(secrets_of(config, instance.registry))
     stops = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -115,15 +113,6 @@ def node(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     instance.run()
     return int(Exit.OK)
-
-
-def secrets_of(config: NodeConfig, registry: PluginRegistry) -> list[str]:
-    """Values that must never reach a log line: the DSN's password, plugin env values."""
-    values = [parse_dsn(config.dsn).password]
-    for versions in registry.plugins.values():
-        for plugin in versions.values():
-            values.extend(plugin.env.values())
-    return values
 
 
 def _cluster_target(args: argparse.Namespace) -> tuple[str, str, str | None, ZkSecurity]:

@@ -274,3 +274,47 @@ TICK_TASKS = (
     "SELECT id, idempotency_key, state, created_at FROM tasks "
     "WHERE idempotency_key LIKE %s ORDER BY idempotency_key"
 )
+
+# -- web UI (read-only; taskman/store/dashboard.py, docs/ui.md) --------------------------
+# The task list reads narrow rows: no args, kwargs or result (LONGTEXT) per line.
+UI_ROW_COLUMNS = (
+    "id, state, plugin, plugin_version, `function`, datacenter, owner, owner_datacenter, "
+    "attempt, max_attempts, failures, reclaims, progress, progress_message, abort_requested, "
+    "idempotency_key, error_type, error_message, created_at, started_at, finished_at"
+)
+UI_LIST = f"SELECT {UI_ROW_COLUMNS} FROM tasks WHERE 1 = 1"
+# Time filters walk tasks_created, which is (created_at, id): range and order in one
+# index, so LIMIT stops early however far back the window lies.
+UI_LIST_BY_TIME = f"SELECT {UI_ROW_COLUMNS} FROM tasks FORCE INDEX (tasks_created) WHERE 1 = 1"
+# Appended from here only; values always go through parameters.
+UI_FILTERS = {
+    "state": " AND state = %s",
+    "plugin": " AND plugin = %s",
+    "function": " AND `function` = %s",
+    "datacenter": " AND (owner_datacenter = %s OR datacenter = %s)",  # ran in, or pinned to
+    "since": " AND created_at >= %s",
+    "until": " AND created_at < %s",
+    "id_below": " AND id < %s",
+    "id_from": " AND id >= %s",
+    "time_cursor": " AND (created_at < %s OR (created_at = %s AND id < %s))",
+    "id_is": " AND id = %s",
+    "key_is": " AND idempotency_key = %s",
+    "key_prefix": " AND idempotency_key LIKE %s",
+}
+UI_ORDER_ID = " ORDER BY id DESC LIMIT %s"
+UI_ORDER_TIME = " ORDER BY created_at DESC, id DESC LIMIT %s"
+UI_ORDER_KEY = " ORDER BY idempotency_key LIMIT %s"  # the unique index's order: no filesort
+UI_MAX_ID = "SELECT MAX(id) AS id FROM tasks"
+UI_CREATED_AT = "SELECT created_at FROM tasks WHERE id = %s"
+# Finished tasks per 5-minute bucket over the last hour, by the database's clock;
+# bucket 0 is the latest. tasks_finished (state, finished_at) covers it.
+UI_THROUGHPUT = (
+    "SELECT TIMESTAMPDIFF(SECOND, finished_at, NOW(6)) DIV %s AS bucket, state, COUNT(*) AS n "
+    "FROM tasks WHERE state IN ('succeeded', 'failed', 'aborted', 'expired') "
+    "AND finished_at >= NOW(6) - INTERVAL %s SECOND GROUP BY bucket, state"
+)
+UI_RUNNING_OWNERS = (
+    "SELECT owner, owner_datacenter, COUNT(*) AS n FROM tasks WHERE state = 'running' "
+    "GROUP BY owner, owner_datacenter"
+)
+UI_LEADERSHIP = "SELECT epoch, node, since FROM leadership WHERE name = 'reaper'"

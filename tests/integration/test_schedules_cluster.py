@@ -14,7 +14,7 @@ from tests.integration.cluster_support import wait_until
 from tests.integration.conftest import StartNode
 
 # Short sessions make failovers quick; the ratios stay valid (see NodeConfig checks).
-QUICK = {"session_timeout": 2.5, "heartbeat_timeout": 3.0}
+QUICK = {"session_timeout": 3.0, "heartbeat_timeout": 3.0}  # the shortest session allowed
 SECOND = timedelta(seconds=1)
 
 

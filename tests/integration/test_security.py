@@ -298,3 +298,97 @@ def test_least_privilege_accounts_run_the_cluster(
     for restricted in (node_dsn, client_dsn):
         with pytest.raises(StoreError, match="refused"):
             Database(restricted).execute("CREATE TABLE x (id INT)")
+
+
+def test_a_planted_secret_reaches_no_output_channel(
+    start_node: StartNode,
+    mariadb: MariaDBServer,
+    dsn: str,
+    zk_hosts: str,
+    cluster_name: str,
+    tmp_path: Path,
+) -> None:
+    import json
+    import sys
+    import urllib.request
+
+    from taskman.lab import free_port
+
+    database = dsn.rsplit("/", 1)[1]
+    db_secret, zk_secret, env_secret = (
+        "Db-Pw-planted-4471",
+        "Zk-pw-planted-9123",
+        "Env-planted-5512",
+    )
+    user = f"s_{database[-10:]}"
+    with mariadb.root_connection() as root, root.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{db_secret}'")
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.* TO '{user}'@'%'")
+    secret_dsn = f"mysql://{user}:{db_secret}@127.0.0.1:{mariadb.port}/{database}"
+    plugin = tmp_path / "plugins" / "leaky"
+    (plugin / "src").mkdir(parents=True)
+    (plugin / "plugin.toml").write_text(
+        'name = "leaky"\nversion = "1.0"\npath = ["src"]\nallow_root = true\n'
+        f'[env]\nAPI_KEY = "{env_secret}"\n'
+    )
+    (plugin / "src" / "leak.py").write_text(
+        "import os\n\n"
+        "def run():\n"
+        "    print('the key is', os.environ['API_KEY'])\n"
+        "    raise RuntimeError('key ' + os.environ['API_KEY'] + ' rejected')\n"
+    )
+    port = free_port()
+    node = start_node(
+        "a",
+        dsn=secret_dsn,
+        zookeeper_auth=f"taskman:{zk_secret}",
+        metrics_address=f"127.0.0.1:{port}",
+        plugin_dirs=[str(tmp_path / "plugins")],
+    )
+    with Client(secret_dsn) as client:
+        task_id = client.submit("leak:run", plugin="leaky", max_attempts=1)
+        task = wait_state(client, task_id, TaskState.FAILED)
+    assert "***" in (task.attempts[0].error_message or "")  # scrubbed, not just absent
+
+    def cli(*args: str, **env: str) -> str:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TASKMAN_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "taskman", *args],
+            capture_output=True,
+            text=True,
+            env={**environ, **env},
+            timeout=60,
+            check=False,
+        )
+        return result.stdout + result.stderr
+
+    channels = {
+        "node log": node.log_path.read_text(),
+        "metrics": urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode(),
+        "readyz": urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").read().decode(),
+        "status": cli("status", str(task_id), "--json", TASKMAN_DSN=secret_dsn),
+        "show": cli("show", str(task_id), TASKMAN_DSN=secret_dsn),
+        "nodes": cli(
+            "nodes",
+            "--zookeeper",
+            zk_hosts,
+            "--cluster",
+            cluster_name,
+            "--json",
+            TASKMAN_ZOOKEEPER_AUTH=f"taskman:{zk_secret}",
+        ),
+        "unreachable db": cli(
+            "status",
+            "1",
+            TASKMAN_DSN=secret_dsn.replace(str(mariadb.port), "1"),
+            TASKMAN_RETRY_DEADLINE="1",
+        ),
+        "denied db": cli("status", "1", TASKMAN_DSN=secret_dsn.replace(db_secret, db_secret + "x")),
+        "bad config": cli(
+            "node", "--config", str(tmp_path / "missing.toml"), TASKMAN_DSN=secret_dsn
+        ),
+    }
+    assert json.loads(channels["nodes"])["nodes"][0]["node_id"] == "a"
+    for channel, text in channels.items():
+        for secret in (db_secret, zk_secret, env_secret):
+            assert secret not in text, f"{secret} leaked into {channel}"

@@ -1,0 +1,177 @@
+"""``python -m bench``: run the benchmark suite and print its figures with the set-up.
+
+Every figure is measured in this one run, against servers this run starts: MariaDB
+and a 3-server ZooKeeper ensemble on loopback (taskman.lab), nodes as real
+``taskman node`` processes. Where a figure exists for both runner modes (cold
+spawn, zygote fork) both are measured here and their ratio printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import claims, cluster_benches, runner_start
+from bench.common import git_revision, lab, setup_description
+
+ALL = ("runner_start", "throughput", "latency", "claims", "recovery", "memory")
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", nargs="*", choices=ALL, default=list(ALL))
+    parser.add_argument("--tasks", type=int, default=5000, help="no-op tasks per throughput run")
+    parser.add_argument("--slots", type=int, default=4, help="runner slots per node")
+    parser.add_argument("--starts", type=int, default=100, help="runner starts per mode")
+    parser.add_argument("--latency-samples", type=int, default=60)
+    parser.add_argument("--claims", type=int, default=400, help="claims per queue size")
+    parser.add_argument("--big-queue", type=int, default=1_000_000)
+    parser.add_argument("--recoveries", type=int, default=3)
+    parser.add_argument("--session-timeout", type=float, default=6.0)
+    parser.add_argument("--modes", nargs="*", help="runner modes (default: all available)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks it works (CI)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--base-dir", type=Path, help="server data (default: a temp dir)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # SIGTERM must unwind through the lab's context managers, or its servers outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args = parser().parse_args(argv)
+    if args.smoke:
+        args.tasks, args.starts, args.latency_samples = 40, 5, 5
+        args.claims, args.big_queue, args.recoveries = 20, 20_000, 1
+        args.session_timeout = 4.0
+
+    modes = args.modes or (
+        ["cold", "zygote"] if cluster_benches.zygote_supported() else ["baseline"]
+    )
+    report: dict[str, Any] = {"revision": git_revision(), "modes": modes, "figures": {}}
+    figures: dict[str, Any] = report["figures"]
+
+    def record(name: str, fn: Callable[[], Any]) -> None:
+        t0 = time.monotonic()
+        print(f"-- {name} ...", flush=True)
+        try:
+            figures[name] = fn()
+        except Exception as exc:  # noqa: BLE001 - one broken figure must not lose the others
+            traceback.print_exc()
+            figures[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"   {json.dumps(figures[name])}  ({time.monotonic() - t0:.0f} s)", flush=True)
+
+    base = args.base_dir or Path(tempfile.mkdtemp(prefix="taskman-bench-"))
+    if "runner_start" in args.only:
+        for mode in modes:
+            runner_mode = "cold" if mode == "baseline" else mode
+            record(
+                f"runner_start[{mode}]",
+                lambda m=runner_mode: runner_start.measure(m, args.starts),
+            )
+    with lab(base) as the_lab:
+        report["setup"] = setup_description(the_lab)
+        report["setup"].update(slots_per_node=args.slots, session_timeout=args.session_timeout)
+        print("setup:", json.dumps(report["setup"]), flush=True)
+        for mode in modes:
+            if "throughput" in args.only:
+                for nodes in (1, 2):
+                    record(
+                        f"throughput[{mode},{nodes} node{'s' if nodes > 1 else ''}]",
+                        lambda m=mode, n=nodes: cluster_benches.throughput(
+                            the_lab, m, args.tasks, n, args.slots
+                        ),
+                    )
+            if "latency" in args.only:
+                for poll in (0.5, 0.05):
+                    record(
+                        f"latency[{mode},poll {poll}s]",
+                        lambda m=mode, p=poll: cluster_benches.latency(
+                            the_lab, m, args.latency_samples, p
+                        ),
+                    )
+            if "memory" in args.only:
+                record(
+                    f"memory[{mode}]",
+                    lambda m=mode: cluster_benches.memory(the_lab, m, 8),
+                )
+            if "recovery" in args.only:
+                record(
+                    f"recovery[{mode}]",
+                    lambda m=mode: cluster_benches.recovery(
+                        the_lab, m, args.recoveries, args.session_timeout
+                    ),
+                )
+        if "claims" in args.only:
+            for queued in (10_000, args.big_queue):
+                record(
+                    f"claims[{queued} queued]",
+                    lambda q=queued: claims.claim_cost(the_lab, q, args.claims),
+                )
+    report["ratios"] = ratios(figures, modes, args.big_queue)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    failed = [name for name, value in figures.items() if "error" in value]
+    return 1 if failed else 0
+
+
+def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, float]:
+    """Ratios between figures of this run only."""
+    out: dict[str, float] = {}
+
+    def get(name: str, *keys: str) -> float | None:
+        value: Any = figures.get(name)
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return float(value)
+
+    if "cold" in modes and "zygote" in modes:
+        cold = get("runner_start[cold]", "to_ready", "median_ms")
+        warm = get("runner_start[zygote]", "to_ready", "median_ms")
+        if cold and warm:
+            out["runner_start cold/zygote (median to ready)"] = round(cold / warm, 1)
+        for nodes in ("1 node", "2 nodes"):
+            c = get(f"throughput[cold,{nodes}]", "tasks_per_s")
+            z = get(f"throughput[zygote,{nodes}]", "tasks_per_s")
+            if c and z:
+                out[f"throughput zygote/cold ({nodes})"] = round(z / c, 2)
+    for mode in modes:
+        one = get(f"throughput[{mode},1 node]", "tasks_per_s")
+        two = get(f"throughput[{mode},2 nodes]", "tasks_per_s")
+        if one and two:
+            out[f"throughput 2 nodes/1 node ({mode})"] = round(two / one, 2)
+    small = get("claims[10000 queued]", "claim_one_at_a_time", "median_ms")
+    large = get(f"claims[{big} queued]", "claim_one_at_a_time", "median_ms")
+    if small and large:
+        out[f"claim cost {big}/10000 queued (median)"] = round(large / small, 2)
+    sb = get("claims[10000 queued]", "claim_batched_8", "median_ms")
+    if small and sb:
+        out["claim cost one-at-a-time/batched (10000 queued)"] = round(small / sb, 2)
+    return out
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print("\n== taskman benchmark ==")
+    print(f"revision: {report['revision']}")
+    for key, value in report.get("setup", {}).items():
+        print(f"  {key}: {value}")
+    print("figures:")
+    for name, value in report["figures"].items():
+        print(f"  {name}: {json.dumps(value)}")
+    print("ratios (same run):")
+    for name, value in report["ratios"].items():
+        print(f"  {name}: {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

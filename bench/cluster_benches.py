@@ -1,0 +1,230 @@
+"""Benchmarks that run real ``taskman node`` processes against the lab's servers."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Lab,
+    cmdline,
+    count_states,
+    descendants,
+    fill_queued,
+    rss_kb,
+    summary_ms,
+    wait_all_finished,
+)
+from taskman import Client, TaskState
+from taskman.plugins import EXAMPLES_DIR
+from taskman.store import Database
+
+BENCH_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+def zygote_supported() -> bool:
+    from taskman.plugins import manifest
+
+    return "fork" in manifest.KNOWN_KEYS
+
+
+def plugin_dirs(base: Path, mode: str) -> list[str]:
+    """Copies of the demo and bench plugins; in "cold" mode marked ``fork = false``.
+
+    "baseline" is the tree as it was before the zygote existed: the manifests as they are.
+    """
+    target = base / f"plugins-{mode}"
+    if not target.exists():
+        target.mkdir(parents=True)
+        for source in (EXAMPLES_DIR / "demo", BENCH_PLUGINS / "bench"):
+            shutil.copytree(source, target / source.name)
+            manifest = target / source.name / "plugin.toml"
+            text = manifest.read_text()
+            lines = text.splitlines()
+            # top-level keys must come before the first [table]
+            first_table = next(
+                (i for i, line in enumerate(lines) if line.startswith("[")), len(lines)
+            )
+            extra = []
+            if mode == "cold":
+                extra.append("fork = false")
+            elif mode == "zygote":
+                module = "demo.tasks" if source.name == "demo" else "bench_tasks"
+                extra.append(f'preload = ["{module}"]')
+            lines[first_table:first_table] = extra
+            manifest.write_text("\n".join(lines) + "\n")
+    return [str(target)]
+
+
+def _nodes(lab: Lab, dsn: str, mode: str, count: int, **options: Any) -> list[Any]:
+    cluster = f"b{uuid.uuid4().hex[:8]}"
+    nodes = []
+    for i in range(count):
+        node = lab.node(
+            f"{mode}-n{i + 1}-{cluster}",
+            dsn,
+            cluster,
+            datacenter=f"dc{i + 1}",
+            plugin_dirs=plugin_dirs(lab.base_dir, mode),
+            **options,
+        )
+        nodes.append(node)
+    return nodes
+
+
+def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[str, Any]:
+    """``tasks`` queued no-op tasks (demo.tasks:add), drained by ``nodes`` nodes.
+
+    The queue is filled first; the figure is tasks / (last finished_at - first
+    started_at), both database clocks, so node start-up is not counted.
+    """
+    dsn = lab.fresh_database()
+    fill_queued(dsn, tasks)
+    started = [n.start(wait=None) for n in _nodes(lab, dsn, mode, nodes, slots=slots)]
+    try:
+        t0 = time.monotonic()
+        wait_all_finished(dsn, tasks, timeout=max(120.0, tasks / 5))
+        wall = time.monotonic() - t0
+        db = Database(dsn)
+        try:
+            row = db.query(
+                "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(started_at), MAX(finished_at)) AS us "
+                "FROM tasks"
+            )[0]
+        finally:
+            db.close()
+        span = int(row["us"]) / 1e6
+        states = count_states(dsn)
+    finally:
+        for node in started:
+            node.stop(timeout=30)
+    return {
+        "tasks": tasks,
+        "nodes": nodes,
+        "slots_per_node": slots,
+        "seconds": round(span, 2),
+        "tasks_per_s": round(tasks / span, 1),
+        "wall_incl_node_start_s": round(wall, 2),
+        "states": states,
+    }
+
+
+def latency(lab: Lab, mode: str, samples: int, poll_interval: float) -> dict[str, Any]:
+    """Submit one task at a time on an idle node; submit -> first line of the task function."""
+    dsn = lab.fresh_database()
+    (node,) = _nodes(lab, dsn, mode, 1, poll_interval=poll_interval, log_level="info")
+    node.start()
+    values = []
+    try:
+        with Client(dsn) as client:
+            for i in range(samples + 2):
+                time.sleep(0.05 + (i % 7) * 0.013)  # idle between tasks, off the poll phase
+                t0 = time.time()
+                task_id = client.submit("bench_tasks:stamp", plugin="bench")
+                task = client.wait(task_id, timeout=30, poll=0.02)
+                if task.state is not TaskState.SUCCEEDED:
+                    raise RuntimeError(f"latency task {task_id}: {task.state} {task.error_message}")
+                if i >= 2:  # the first ones also pay for the zygote and connections warming
+                    values.append(float(task.result) - t0)
+    finally:
+        node.stop(timeout=30)
+    return {"poll_interval_s": poll_interval, **summary_ms(values)}
+
+
+def recovery(lab: Lab, mode: str, repeats: int, session_timeout: float) -> dict[str, Any]:
+    """SIGKILL the node running a task; time until another node runs it (attempt 2 started)."""
+    times = [_recover_once(lab, mode, session_timeout) for _ in range(repeats)]
+    return {
+        "session_timeout_s": session_timeout,
+        "runs": [round(t, 2) for t in times],
+        **summary_ms(times),
+    }
+
+
+def _recover_once(lab: Lab, mode: str, session_timeout: float) -> float:
+    dsn = lab.fresh_database()
+    first, second = _nodes(lab, dsn, mode, 2, session_timeout=session_timeout, log_level="info")
+    first.start()
+    try:
+        with Client(dsn) as client:
+            task_id = client.submit("demo.tasks:sleep", plugin="demo", args=(300,))
+
+            def running(attempt: int) -> bool:
+                task = client.get(task_id)
+                return task.state is TaskState.RUNNING and task.attempt >= attempt
+
+            _wait(lambda: running(1), 30)
+            second.start()
+            first.signal(signal.SIGKILL)
+            killed = time.monotonic()
+            _wait(lambda: running(2), 60, poll=0.01)
+            took = time.monotonic() - killed
+            client.abort(task_id)
+    finally:
+        first.kill()
+        second.stop(timeout=30)
+    return took
+
+
+def memory(lab: Lab, mode: str, runners: int) -> dict[str, Any]:
+    """A node's RSS idle and with ``runners`` sleeping runners; RSS/PSS per runner."""
+    dsn = lab.fresh_database()
+    (node,) = _nodes(lab, dsn, mode, 1, slots=runners, log_level="info")
+    node.start()
+    try:
+        time.sleep(1.0)
+        idle = rss_kb(node.pid)
+        with Client(dsn) as client:
+            ids = [
+                client.submit("demo.tasks:sleep", plugin="demo", args=(60,)) for _ in range(runners)
+            ]
+            _wait(lambda: all(client.get(t).state is TaskState.RUNNING for t in ids), 60)
+            time.sleep(1.5)  # every runner past import and into the task
+            busy = rss_kb(node.pid)
+            helpers, children = [], []
+            for pid in descendants(node.pid):
+                line = cmdline(pid)
+                (helpers if "zygote" in line and _is_zygote(pid) else children).append(pid)
+            per_runner = [rss_kb(pid) for pid in children]
+            zygotes = [rss_kb(pid) for pid in helpers]
+            for task_id in ids:
+                client.abort(task_id)
+    finally:
+        node.stop(timeout=30)
+
+    def mean(key: str, rows: list[dict[str, int]]) -> float:
+        return round(sum(r[key] for r in rows) / len(rows) / 1024, 1) if rows else 0.0
+
+    return {
+        "node_idle_rss_mb": round(idle["rss_kb"] / 1024, 1),
+        "node_busy_rss_mb": round(busy["rss_kb"] / 1024, 1),
+        "runners": len(per_runner),
+        "runner_rss_mb": mean("rss_kb", per_runner),
+        "runner_pss_mb": mean("pss_kb", per_runner),
+        "runner_uss_mb": mean("uss_kb", per_runner),
+        "zygotes": len(zygotes),
+        "zygote_rss_mb": mean("rss_kb", zygotes),
+    }
+
+
+def _is_zygote(pid: int) -> bool:
+    # A forked runner shares the zygote's command line; the zygote's parent is the node.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return False
+    return "zygote" not in cmdline(ppid)
+
+
+def _wait(predicate: Any, timeout: float, poll: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise TimeoutError("benchmark condition not reached")

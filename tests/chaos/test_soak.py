@@ -1,0 +1,153 @@
+"""A randomised schedule of faults on the 3-datacenter lab, for soak runs.
+
+Not part of the default run (marker ``soak``, deselected in pyproject's addopts):
+
+    scripts/chaos-soak --seconds 1800 --seed 42      # or
+    TASKMAN_SOAK_SECONDS=600 TASKMAN_SOAK_SEED=7 pytest tests/chaos/test_soak.py -m soak -s
+
+Each round submits tasks, waits until they run, applies one fault drawn from the
+seeded generator, restores the lab, and runs the full checker. The seed is
+printed first, so a failing schedule can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from taskman.lab.multidc import MultiDCLab
+from tests.chaos.support import (
+    BoundExceededError,
+    Fault,
+    Scenario,
+    busiest,
+    kill_pids,
+    live_client,
+    wait_until,
+)
+
+Faulter = Callable[[MultiDCLab, Scenario, dict[str, list[int]], random.Random], Fault]
+
+
+def _kill_dc(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    dc = rng.choice(lab.datacenters)
+    at = time.time()
+    lab.kill_dc(dc)
+    s.wait_done(avoid=dc)
+    return Fault(at, target_dc=dc, bound=s.session + 5, notes=[f"kill {dc}"])
+
+
+def _partition(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    dc = rng.choice(lab.datacenters)
+    at = time.time()
+    lab.partition_dc(dc)
+    hold = rng.uniform(1.0, s.session + 8)
+    time.sleep(hold)
+    healed = time.time()
+    lab.heal(dc)
+    return Fault(
+        at,
+        target_dc=dc,
+        minority_window=(at, healed),
+        bound=s.session + 5,
+        notes=[f"cut {dc} {hold:.1f} s"],
+    )
+
+
+def _pause(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    node = rng.choice(sorted(by_node))
+    hold = rng.uniform(1.0, s.session + 6)
+    at = time.time()
+    lab.pause_node(node)
+    time.sleep(hold)
+    lab.resume_node(node)
+    return Fault(at, target_node=node, bound=s.session + 5, notes=[f"pause {node} {hold:.1f} s"])
+
+
+def _kill_runners(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    ids = [t for ids in by_node.values() for t in ids]
+    victims = rng.sample(ids, k=max(1, len(ids) // 3))
+    at = time.time()
+    kill_pids(s.runner_pids(victims))
+    return Fault(at, bound=5.0, notes=[f"kill {len(victims)} runners"])
+
+
+def _kill_leader(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    leader = lab.leader_node() or busiest(by_node)
+    at = time.time()
+    lab.kill(leader)
+    return Fault(at, target_node=leader, bound=s.session + 5, notes=[f"kill leader {leader}"])
+
+
+def _restart_galera(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    dc = rng.choice(lab.galera_dcs)
+    at = time.time()
+    lab.restart_galera(dc)
+    bound = float(lab.state.node_options["heartbeat_timeout"]) + 5
+    return Fault(at, target_dc=dc, bound=bound, notes=[f"restart Galera {dc}"])
+
+
+def _kill_zk(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    dc = rng.choice(lab.datacenters)
+    at = time.time()
+    lab.signal(f"{dc}-zk", signal.SIGKILL)
+    return Fault(at, bound=s.session + 5, notes=[f"kill ZooKeeper {dc}"])
+
+
+FAULTS: dict[str, Faulter] = {
+    "kill-dc": _kill_dc,
+    "partition-dc": _partition,
+    "pause-node": _pause,
+    "kill-runners": _kill_runners,
+    "kill-leader": _kill_leader,
+    "restart-galera": _restart_galera,
+    "kill-zk": _kill_zk,
+}
+
+
+@pytest.mark.soak
+def test_random_fault_schedule(lab3: MultiDCLab) -> None:
+    seconds = float(os.environ.get("TASKMAN_SOAK_SECONDS", "300"))
+    seed = int(os.environ.get("TASKMAN_SOAK_SEED", str(random.randrange(1 << 32))))
+    print(f"\nsoak: seed {seed}, {seconds:.0f} s (replay: TASKMAN_SOAK_SEED={seed})", flush=True)
+    rng = random.Random(seed)
+    deadline = time.monotonic() + seconds
+    liveness: list[str] = []
+    round_no = 0
+    while time.monotonic() < deadline:
+        round_no += 1
+        if not lab3.healthy():
+            lab3.restore()
+        name = rng.choice(sorted(FAULTS))
+        s = Scenario(lab3, f"soak{round_no}-{name}", tasks=rng.randint(3, 12))
+        s.submit()
+        by_node = s.wait_running()
+        fault = FAULTS[name](lab3, s, by_node, rng)
+        try:
+            s.check(fault)  # safety violations raise AssertionError and end the soak
+        except BoundExceededError as exc:
+            liveness.append(str(exc))  # counted and reported; the soak goes on
+        with live_client(lab3) as client:
+            wait_until(lambda: client.counts() is not None, 10, "the database")
+    print(f"soak: {round_no} rounds, seed {seed}; liveness misses: {len(liveness)}")
+    for line in liveness:
+        print(f"  {line}")
