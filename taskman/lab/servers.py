@@ -583,11 +583,21 @@ class ZooKeeperEnsemble:
     Servers are addressed by 0-based index ``i`` (their ZooKeeper myid is ``i + 1``).
     """
 
-    def __init__(self, base_dir: Path, size: int = 1, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        size: int = 1,
+        host: str = "127.0.0.1",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        """``tls``: (a PEM with the server's key and certificate, the CA's PEM) to open a
+        secure client port beside the plain one (``secure_hosts``)."""
         if size < 1:
             raise LabError(f"ensemble size must be >= 1, got {size}")
         self._base_dir = Path(base_dir).resolve()
         self._host = host
+        self._tls = tls
+        self._secure_ports = _free_ports(size, host) if tls else []
         ports = _free_ports(3 * size, host)
         self._servers = [
             _ZkServer(i, self._base_dir, ports[3 * i : 3 * i + 3]) for i in range(size)
@@ -611,6 +621,13 @@ class ZooKeeperEnsemble:
     def hosts(self) -> str:
         """Connection string for all servers: ``"127.0.0.1:p1,127.0.0.1:p2,..."``."""
         return ",".join(self.server_hosts(i) for i in range(self.size))
+
+    @property
+    def secure_hosts(self) -> str:
+        """Connection string for the TLS client ports (only with ``tls``)."""
+        if not self._tls:
+            raise LabError("this ensemble was started without tls")
+        return ",".join(f"{self._host}:{port}" for port in self._secure_ports)
 
     def server_hosts(self, i: int) -> str:
         """Connection string for server ``i`` alone."""
@@ -743,6 +760,18 @@ class ZooKeeperEnsemble:
             "admin.enableServer=false",
             "4lw.commands.whitelist=srvr,stat,ruok,mntr,conf,cons",
         ]
+        if self._tls:
+            keystore, truststore = self._tls
+            lines += [
+                f"secureClientPort={self._secure_ports[server.index]}",
+                f"secureClientPortAddress={self._host}",
+                "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+                f"ssl.keyStore.location={keystore}",
+                "ssl.keyStore.type=PEM",
+                f"ssl.trustStore.location={truststore}",
+                "ssl.trustStore.type=PEM",
+                "ssl.clientAuth=none",
+            ]
         if self.size > 1:
             (data_dir / "myid").write_text(f"{server.myid}\n")
             lines += [
@@ -753,7 +782,9 @@ class ZooKeeperEnsemble:
 
     def _launch(self, java: str, server: _ZkServer) -> None:
         self._write_config(server)
-        classpath = ":".join(str(jar) for jar in ZOOKEEPER_JARS)
+        # Debian's zookeeper.jar manifest misses netty-codec, which TLS needs.
+        extra = [j for j in (Path("/usr/share/java/netty-codec.jar"),) if j.is_file()]
+        classpath = ":".join(str(jar) for jar in (*ZOOKEEPER_JARS, *extra))
         argv = [java, *_ZK_JVM_ARGS, "-cp", classpath, _ZK_MAIN, str(server.config_file)]
         server.proc = _spawn(argv, server.log_file, server.dir)
         _LIVE.add(self)

@@ -392,3 +392,39 @@ def test_a_planted_secret_reaches_no_output_channel(
     for channel, text in channels.items():
         for secret in (db_secret, zk_secret, env_secret):
             assert secret not in text, f"{secret} leaked into {channel}"
+
+
+def test_nodes_reach_zookeeper_over_tls_with_a_verified_certificate(
+    dsn: str, tmp_path: Path, cluster_name: str
+) -> None:
+    from taskman.lab.nodes import NodeProcess
+    from taskman.plugins import EXAMPLES_DIR
+    from tests.integration.cluster_support import FAST_NODE
+
+    certs = _make_certificates(tmp_path)
+    keystore = tmp_path / "keystore.pem"  # ZooKeeper's PEM keystore: key, then certificate
+    keystore.write_text(certs["server-key"].read_text() + certs["server"].read_text())
+    with ZooKeeperEnsemble(tmp_path / "zk", tls=(keystore, certs["ca"])) as zk:
+        common = {
+            "datacenter": "dc1",
+            "dsn": dsn,
+            "zookeeper": zk.secure_hosts,
+            "plugin_dirs": [str(EXAMPLES_DIR)],
+            "cluster": cluster_name,
+            **FAST_NODE,
+        }
+        node = NodeProcess(tmp_path / "nodes", "a", zookeeper_ca=str(certs["ca"]), **common)
+        node.start()
+        try:
+            with Client(dsn) as client:
+                task_id = client.submit("demo.tasks:add", plugin="demo", args=(3, 4))
+                assert wait_state(client, task_id, TaskState.SUCCEEDED).result == 7
+        finally:
+            node.stop()
+        # A node that trusts another CA does not accept the ensemble's certificate.
+        impostor = NodeProcess(
+            tmp_path / "nodes", "b", zookeeper_ca=str(certs["other-ca"]), **common
+        )
+        with pytest.raises(LabError, match="cannot reach ZooKeeper"):
+            impostor.start(wait=40)
+        impostor.stop()
