@@ -107,7 +107,7 @@ def _partition_then_heal(lab: MultiDCLab, name: str, *, zk_leader_side: bool) ->
             leader = lab.leader_node()
             if not zk_leader_side:
                 # Once a stuck election (LEADER_STUCK_BUG, fixed); a failure again now.
-                raise AssertionError(f"{exc} (recorded leader {leader}): {LEADER_STUCK_BUG}")
+                raise AssertionError(f"{exc} (leader {leader}): {LEADER_STUCK_BUG}") from exc
             raise BoundExceededError(f"{exc} (leader {leader})") from exc
     # Self-fencing: the cut-off node killed its runners well before the reclaim.
     assert not [p for p in runners if pid_alive(p)]
