@@ -11,7 +11,6 @@ from typing import Any
 
 from bench.common import (
     Lab,
-    cmdline,
     count_states,
     descendants,
     fill_queued,
@@ -32,6 +31,12 @@ def zygote_supported() -> bool:
     return "fork" in manifest.KNOWN_KEYS
 
 
+def manifest_keys() -> frozenset[str]:
+    from taskman.plugins import manifest
+
+    return manifest.KNOWN_KEYS
+
+
 def plugin_dirs(base: Path, mode: str) -> list[str]:
     """Copies of the demo and bench plugins; in "cold" mode marked ``fork = false``.
 
@@ -50,6 +55,8 @@ def plugin_dirs(base: Path, mode: str) -> list[str]:
                 (i for i, line in enumerate(lines) if line.startswith("[")), len(lines)
             )
             extra = []
+            if "allow_root" in manifest_keys() and "allow_root" not in text:
+                extra.append("allow_root = true")  # the bench may run as root, as CI does
             if mode == "cold":
                 extra.append("fork = false")
             elif mode == "zygote":
@@ -185,10 +192,12 @@ def memory(lab: Lab, mode: str, runners: int) -> dict[str, Any]:
             _wait(lambda: all(client.get(t).state is TaskState.RUNNING for t in ids), 60)
             time.sleep(1.5)  # every runner past import and into the task
             busy = rss_kb(node.pid)
+            zygote_pids = {
+                int(e["pid"]) for e in node.events() if e.get("event") == "zygote.started"
+            }
             helpers, children = [], []
             for pid in descendants(node.pid):
-                line = cmdline(pid)
-                (helpers if "zygote" in line and _is_zygote(pid) else children).append(pid)
+                (helpers if pid in zygote_pids else children).append(pid)
             per_runner = [rss_kb(pid) for pid in children]
             zygotes = [rss_kb(pid) for pid in helpers]
             for task_id in ids:
@@ -209,16 +218,6 @@ def memory(lab: Lab, mode: str, runners: int) -> dict[str, Any]:
         "zygotes": len(zygotes),
         "zygote_rss_mb": mean("rss_kb", zygotes),
     }
-
-
-def _is_zygote(pid: int) -> bool:
-    # A forked runner shares the zygote's command line; the zygote's parent is the node.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError):
-        return False
-    return "zygote" not in cmdline(ppid)
 
 
 def _wait(predicate: Any, timeout: float, poll: float = 0.05) -> None:

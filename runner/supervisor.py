@@ -105,6 +105,11 @@ class Runner:
                 self.spawn_mode = "fork"
             except ZygoteUnavailableError:
                 self.process = None  # the cold spawn below, as for `fork = false`
+                # A wedged zygote may still fork late: that child must find its socket
+                # closed (and die), never share the cold child's.
+                parent_sock.close()
+                child_sock.close()
+                parent_sock, child_sock = socket.socketpair()
         env["TASKMAN_RUNNER_FD"] = str(child_sock.fileno())
         env["TASKMAN_NODE_PID"] = str(os.getpid())
         try:

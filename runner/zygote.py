@@ -232,17 +232,24 @@ class ZygotePool:
     ) -> ForkedProcess:
         if not self.enabled or self._closed.is_set():
             raise ZygoteUnavailableError("zygotes are off")
-        zygote = self._zygote(spec, env, runtime_path)
+        try:
+            zygote = self._zygote(spec, env, runtime_path)
+        except ZygoteUnavailableError:
+            raise
+        except Exception as exc:  # never let a zygote problem stop the node's loop
+            raise ZygoteUnavailableError(f"zygote failed: {exc}") from exc
         try:
             return zygote.fork(child_sock)
-        except ZygoteUnavailableError as exc:
+        except Exception as exc:
             # Dead or wedged: drop it; this attempt cold-spawns, the next one starts a new zygote.
             self.log("zygote.lost", pid=zygote.pid, error=str(exc))
             with self.lock:
                 if self.zygotes.get(self.key(spec)) is zygote:
                     del self.zygotes[self.key(spec)]
             zygote.close()
-            raise
+            if isinstance(exc, ZygoteUnavailableError):
+                raise
+            raise ZygoteUnavailableError(f"zygote failed: {exc}") from exc
 
     def _zygote(self, spec: RunnerSpec, env: dict[str, str], runtime_path: str) -> Zygote:
         key = self.key(spec)
