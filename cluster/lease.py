@@ -13,6 +13,7 @@ deletes it, and the leader's reaper sees a running task without a claim.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import structlog
 from kazoo.client import KazooClient
@@ -98,6 +99,10 @@ class ClaimLease:
     def release(self, task_id: int, attempt: int) -> None:
         """Drop a claim after its outcome is recorded (never before)."""
         self.release_path(self.paths.claim(task_id, attempt))
+
+    def release_async(self, task_id: int, attempt: int) -> Any:
+        """Start dropping a claim; the caller checks the returned kazoo result later."""
+        return self.client.delete_async(self.paths.claim(task_id, attempt))
 
     def release_path(self, path: str) -> None:
         with contextlib.suppress(NoNodeError):

@@ -21,10 +21,11 @@ import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.recipe.lock import Semaphore
 from kazoo.recipe.watchers import DataWatch
 
@@ -81,6 +82,24 @@ def secrets_of(config: NodeConfig, registry: PluginRegistry) -> list[str]:
     return values
 
 
+@dataclass
+class Prepared:
+    """A candidate ready to claim: its plugin (or why it can't run) and its concurrency lease."""
+
+    candidate: Candidate
+    plugin: Plugin | None
+    problem: str | None
+    semaphore: Semaphore | None
+
+    @property
+    def task_id(self) -> int:
+        return self.candidate.task_id
+
+    @property
+    def attempt(self) -> int:
+        return self.candidate.attempt + 1  # the attempt this claim would start
+
+
 class Node:
     def __init__(self, config: NodeConfig, registry: PluginRegistry | None = None) -> None:
         self.config = config
@@ -97,6 +116,7 @@ class Node:
         self._fenced_episode = False
         self._last_db_ok = time.monotonic()
         self.leftover_claims: list[tuple[int, int]] = []
+        self.releasing: list[tuple[tuple[int, int], Any]] = []
         self.semaphores: dict[tuple[int, int], Semaphore] = {}
         self.is_leader = False
         self.started = threading.Event()
@@ -252,6 +272,7 @@ class Node:
                 next_heartbeat = now + cfg.heartbeat_interval
                 self._heartbeat(now)
                 self._retry_unrecorded()
+                self._check_releases()
             self._enforce_limits(now)
             if self._stopping.is_set():
                 if self._drain_deadline is not None and now >= self._drain_deadline:
@@ -366,22 +387,34 @@ class Node:
         self._fenced_episode = False
         self.log.info("node.rejoined", session=self.monitor.session_id)
 
-    def _release(self, task_id: int, attempt: int) -> None:
-        """Drop a claim after its outcome is recorded; later if ZooKeeper is unreachable now."""
+    def _release_semaphore(self, task_id: int, attempt: int) -> None:
         semaphore = self.semaphores.pop((task_id, attempt), None)
         if semaphore is not None:
             self.gate.release(semaphore)
+
+    def _release(self, task_id: int, attempt: int) -> None:
+        """Drop a claim after its outcome is recorded; later if ZooKeeper is unreachable now."""
+        self._release_semaphore(task_id, attempt)
         self.leftover_claims.append((task_id, attempt))
         if not self.monitor.healthy(within=self.config.session_timeout / 3):
             return
         pending, self.leftover_claims = self.leftover_claims, []
-        for index, (tid, att) in enumerate(pending):
-            try:
-                self.lease.release(tid, att)
-            except (CoordinationError, KazooException) as exc:
-                self.log.warning("claim.release_failed", task_id=tid, error=str(exc))
-                self.leftover_claims.extend(pending[index:])
-                return
+        # Deletes are pipelined, not awaited: the outcome is already recorded, so
+        # nothing waits on them. _check_releases retries the ones that failed.
+        for tid, att in pending:
+            self.releasing.append(((tid, att), self.lease.release_async(tid, att)))
+
+    def _check_releases(self) -> None:
+        still = []
+        for key, result in self.releasing:
+            if not result.ready():
+                still.append((key, result))
+            elif not result.successful() and not isinstance(result.exception, NoNodeError):
+                self.log.warning(
+                    "claim.release_failed", task_id=key[0], error=str(result.exception)
+                )
+                self.leftover_claims.append(key)
+        self.releasing = still
 
     # -- claims ----------------------------------------------------------------
     def _claim(self) -> tuple[int, int]:
@@ -401,19 +434,51 @@ class Node:
         if len(candidates) > free:
             # Nodes that see the same candidates should not all race for the first one.
             random.shuffle(candidates)
-        claimed = 0
+        chosen: list[Prepared] = []
         for candidate in candidates:
-            if claimed >= free or not self._may_claim():
+            if len(chosen) >= free or not self._may_claim():
                 break
+            prepared = self._prepare(candidate)
+            if prepared is not None:
+                chosen.append(prepared)
+        if not chosen:
+            return (0, free)
+        started = time.monotonic()
+        try:
+            # One pipelined round trip to ZooKeeper for the whole batch.
+            tokens = self.lease.acquire_many([(p.task_id, p.attempt) for p in chosen])
+        except (CoordinationError, KazooException) as exc:
+            self.log.warning("claim.failed", error=str(exc))
+            for prepared in chosen:
+                if prepared.semaphore is not None:
+                    self.gate.release(prepared.semaphore)
+            return (0, free)
+        claimed = 0
+        for index, (prepared, token) in enumerate(zip(chosen, tokens, strict=True)):
+            if token is None:
+                self._count("claim_lost_race")
+                if prepared.semaphore is not None:
+                    self.gate.release(prepared.semaphore)
+                continue
+            if prepared.semaphore is not None:
+                self.semaphores[(prepared.task_id, prepared.attempt)] = prepared.semaphore
             try:
-                if self._claim_one(candidate):
-                    claimed += 1
+                claimed += self._start_claimed(prepared, token, started)
             except (StoreError, CoordinationError, KazooException) as exc:
-                self.log.warning("claim.failed", task_id=candidate.task_id, error=str(exc))
+                self.log.warning("claim.failed", task_id=prepared.task_id, error=str(exc))
+                # No row backs these claims: let them go so other nodes can have the tasks.
+                for rest, rest_token in zip(chosen[index:], tokens[index:], strict=True):
+                    if rest is not prepared and rest.semaphore is not None:
+                        self.semaphores[(rest.task_id, rest.attempt)] = rest.semaphore
+                    if rest_token is not None:
+                        self._release(rest.task_id, rest.attempt)
+                    else:
+                        self._release_semaphore(rest.task_id, rest.attempt)
                 break
         return (claimed, free)
 
-    def _claim_one(self, candidate: Candidate) -> bool:
+    def _prepare(self, candidate: Candidate) -> Prepared | None:
+        """Resolve the plugin and take a concurrency lease; None if the cap is full."""
         plugin: Plugin | None = None
         problem: str | None = None
         try:
@@ -424,23 +489,19 @@ class Node:
                 )
         except PluginError as exc:
             problem = str(exc)
-        attempt = candidate.attempt + 1
         cap = None if problem else cap_for(candidate, plugin)
         semaphore = None
         if cap is not None:
             semaphore = self.gate.try_acquire(cap, candidate)
             if semaphore is None:
                 self._count("concurrency_full")
-                return False
-        claim_started = time.monotonic()
-        token = self.lease.acquire(candidate.task_id, attempt)
-        if token is None:
-            self._count("claim_lost_race")
-            if semaphore is not None:
-                self.gate.release(semaphore)
-            return False
-        if semaphore is not None:
-            self.semaphores[(candidate.task_id, attempt)] = semaphore
+                return None
+        return Prepared(candidate, plugin, problem, semaphore)
+
+    def _start_claimed(self, prepared: Prepared, token: int, claim_started: float) -> int:
+        """Move a claimed task to running under ``token`` and start its runner (1 if started)."""
+        candidate, plugin, problem = prepared.candidate, prepared.plugin, prepared.problem
+        attempt = prepared.attempt
         version = plugin.version if plugin else candidate.plugin_version
         claim = self.store.claim(
             candidate.task_id,
@@ -454,7 +515,7 @@ class Node:
             claim = dataclasses.replace(claim, retry_backoff=self.config.retry_backoff)
         if claim is None:
             self._release(candidate.task_id, attempt)
-            return False
+            return 0
         self._count("claimed")
         metrics.CLAIM_SECONDS.observe(time.monotonic() - claim_started)
         metrics.TASKS_CLAIMED.labels(claim.plugin).inc()
@@ -471,7 +532,7 @@ class Node:
         if plugin is None or problem is not None:
             ending = Ending(Outcome.REJECTED, TaskState.FAILED, "PluginError", problem)
             self._finish_without_runner(claim, ending)
-            return True
+            return 1
         spec = RunnerSpec(
             task_id=claim.task_id,
             attempt=claim.attempt,
@@ -496,13 +557,13 @@ class Node:
         except RunnerError as exc:
             ending = failure_ending(claim, Outcome.CRASHED, "RunnerError", str(exc))
             self._finish_without_runner(claim, ending)
-            return True
+            return 1
         deadline = None if claim.timeout is None else time.monotonic() + claim.timeout
         active = ActiveAttempt(claim=claim, plugin=plugin, runner=runner, deadline=deadline)
         self.active[claim.task_id] = active
         if claim.abort_requested:
             self._stop_runner(active, Outcome.ABORTED)
-        return True
+        return 1
 
     def _finish_without_runner(self, claim: Any, ending: Ending) -> None:
         ok = self.store.finish(
