@@ -21,17 +21,16 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.recipe.lock import Semaphore
-from kazoo.recipe.watchers import DataWatch
 
 import taskman
 from taskman import metrics
-from taskman.cluster import membership
 from taskman.cluster.attempts import (
     ActiveAttempt,
     Ending,
@@ -39,13 +38,11 @@ from taskman.cluster.attempts import (
     ending_from_message,
     failure_ending,
 )
-from taskman.cluster.concurrency import ConcurrencyGate, cap_for
-from taskman.cluster.election import LeaderElection
+from taskman.cluster.concurrency import cap_for
+from taskman.cluster.coordination import ZkCoordination
 from taskman.cluster.endpoints import CachedCheck, Endpoints
 from taskman.cluster.layout import ClusterPaths
-from taskman.cluster.lease import ClaimLease
 from taskman.cluster.reaper import Reaper, ReapReport
-from taskman.cluster.zk import SessionMonitor, connect, ensure_namespace, wait, zk_security
 from taskman.config import NodeConfig
 from taskman.dsn import parse_dsn
 from taskman.errors import (
@@ -60,7 +57,7 @@ from taskman.logs import add_secrets, scrub
 from taskman.plugins import Plugin, PluginRegistry
 from taskman.runner import Runner, RunnerEvent, RunnerSpec, describe_exit
 from taskman.states import Outcome, TaskState
-from taskman.store import Candidate, Claim, Database, TaskStore
+from taskman.store import Candidate, Claim, TaskStore, make_database
 from taskman.store.migrations import applied_versions, latest_version
 
 log = structlog.get_logger("taskman.node")
@@ -73,7 +70,7 @@ RUNNER_SILENCE_LIMIT = 60.0  # a child whose heartbeat thread is silent this lon
 
 def secrets_of(config: NodeConfig, registry: PluginRegistry) -> list[str]:
     """Values that must never reach a log line or a stored attempt: passwords, plugin env."""
-    values = [parse_dsn(config.dsn).password]
+    values = [] if config.dsn.startswith("sqlite:") else [parse_dsn(config.dsn).password]
     if config.zookeeper_auth:
         values.append(config.zookeeper_auth.partition(":")[2])
     for versions in registry.plugins.values():
@@ -101,7 +98,14 @@ class Prepared:
 
 
 class Node:
-    def __init__(self, config: NodeConfig, registry: PluginRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        registry: PluginRegistry | None = None,
+        coordination: Callable[[NodeConfig], Any] | None = None,
+    ) -> None:
+        """``coordination`` builds the coordinator (default: ZooKeeper, ``ZkCoordination``)."""
+        self._make_coordination = coordination or ZkCoordination
         self.config = config
         self.paths = ClusterPaths(config.cluster)
         self.registry = registry or PluginRegistry.scan(config.plugin_dirs)
@@ -114,6 +118,7 @@ class Node:
         self._stopping = threading.Event()
         self._drain_deadline: float | None = None
         self._fenced_episode = False
+        self._episode_lock = threading.Lock()
         self._last_db_ok = time.monotonic()
         self.leftover_claims: list[tuple[int, int]] = []
         self.releasing: list[tuple[tuple[int, int], Any]] = []
@@ -147,28 +152,19 @@ class Node:
             self._shutdown()
 
     def _start(self) -> None:
-        self.store = TaskStore(Database(self.config.dsn))
+        self.store = TaskStore(make_database(self.config.dsn))
         versions = applied_versions(self.store.db)
         if not versions or max(versions) < latest_version():
             raise SchemaError(
                 f"the database schema is at version {max(versions, default=0)}, this node needs "
                 f"{latest_version()}: run `taskman db migrate`"
             )
-        self.zk = connect(
-            self.config.zookeeper, self.config.session_timeout, security=zk_security(self.config)
-        )
-        ensure_namespace(self.zk, self.paths, insecure=self.config.insecure)
-        self.monitor = SessionMonitor(self.zk, self.paths.nodes, self.config.session_timeout)
-        self.monitor.start()
-        self.lease = ClaimLease(self.zk, self.paths, self.config.node_id)
-        self.gate = ConcurrencyGate(self.zk, self.paths, self.config.node_id)
-        membership.register(
-            self.zk,
-            self.paths,
-            self.config.node_id,
-            self._member_info(),
-            wait_for=self.config.session_timeout * 2,
-        )
+        self.coord = self._make_coordination(self.config)
+        self.monitor = self.coord.monitor
+        self.lease = self.coord.lease
+        self.gate = self.coord.gate
+        self.coord.start()
+        self.coord.register(self._member_info(), wait_for=self.config.session_timeout * 2)
         self._leader_thread = threading.Thread(target=self._lead, name="leader", daemon=True)
         self._leader_thread.start()
         self._guard_thread = threading.Thread(target=self._guard, name="guard", daemon=True)
@@ -189,7 +185,7 @@ class Node:
         self.started.set()
 
     def _serve_endpoints(self, address: str) -> Endpoints:
-        probe_db = Database(
+        probe_db = make_database(
             self.config.dsn, retry_deadline=0.0, connect_timeout=2.0, read_timeout=2.0
         )
 
@@ -212,18 +208,14 @@ class Node:
         return endpoints
 
     def _watch_drain(self) -> None:
-        """`taskman node drain` creates drain/<node_id>; the node then drains and exits."""
+        """`taskman node drain` asks through the coordinator; the node drains and exits."""
 
-        def on_change(data: bytes | None, stat: Any) -> bool:
-            if stat is not None and not self._stopping.is_set():
+        def on_request() -> None:
+            if not self._stopping.is_set():
                 self.log.info("node.drain_requested")
                 self.stop(drain=True, timeout=self.config.drain_timeout)
-            return not self._stopping.is_set()
 
-        path = self.paths.drain(self.config.node_id)
-        with contextlib.suppress(KazooException, CoordinationError):
-            wait(self.zk.delete_async(path))  # a request addressed to an earlier run
-        DataWatch(self.zk, path, on_change)
+        self.coord.watch_drain(on_request)
 
     def _member_info(self) -> dict[str, Any]:
         return {
@@ -243,15 +235,8 @@ class Node:
             self.endpoints.stop()  # type: ignore[union-attr]
         self._guard_done.set()
         self._leader_done.set()
-        self.monitor.stop()
-        with contextlib.suppress(KazooException, CoordinationError):
-            membership.unregister(self.zk, self.paths, self.config.node_id)
         self._leader_thread.join(timeout=5)
-        try:
-            self.zk.stop()
-            self.zk.close()
-        except KazooException:
-            pass
+        self.coord.close()
         self.store.close()
         self.log.info("node.stopped", counters=self.counters)
 
@@ -301,7 +286,7 @@ class Node:
         if not self.monitor.healthy(within=self.config.session_timeout / 3):
             return
         try:
-            membership.update(self.zk, self.paths, self.config.node_id, self._member_info())
+            self.coord.update(self._member_info())
             self._published_used = used
         except (KazooException, CoordinationError) as exc:
             self.log.info("node.membership_update_failed", error=str(exc))
@@ -339,17 +324,9 @@ class Node:
             lost = self.monitor.lost.is_set()
             silence = self.monitor.silence()
             if lost or silence > cfg.self_fence_after:
-                if not self._fenced_episode:
-                    self._fenced_episode = True
-                    self._count("self_fenced")
-                    metrics.SELF_FENCED.inc()
-                    self.log.error(
-                        "node.self_fenced",
-                        reason="session lost"
-                        if lost
-                        else f"no ZooKeeper contact for {silence:.1f} s",
-                        runners=len(self.active),
-                    )
+                self._begin_fenced_episode(
+                    "session lost" if lost else f"no ZooKeeper contact for {silence:.1f} s"
+                )
                 for active in list(self.active.values()):
                     if active.stop_reason is not Outcome.FENCED:
                         active.stop_reason = Outcome.FENCED
@@ -361,8 +338,21 @@ class Node:
                         active.runner.ping()
             self._guard_done.wait(0.05)
 
+    def _begin_fenced_episode(self, reason: str) -> None:
+        """Record, once per episode, that this node gave up what its session held."""
+        with self._episode_lock:
+            if self._fenced_episode:
+                return
+            self._fenced_episode = True
+        self._count("self_fenced")
+        metrics.SELF_FENCED.inc()
+        self.log.error("node.self_fenced", reason=reason, runners=len(self.active))
+
     def _check_session(self) -> None:
         if self.monitor.lost.is_set():
+            # The guard may not have looked yet (its runners may already be gone):
+            # the episode is recorded before the node rejoins, whichever thread is first.
+            self._begin_fenced_episode("session lost")
             self._rejoin_if_needed()
         elif self._fenced_episode and self.monitor.healthy(within=self.config.session_timeout / 3):
             self._fenced_episode = False
@@ -373,13 +363,7 @@ class Node:
         if self.active or self.monitor.silence() > 1.0:
             return
         try:
-            membership.register(
-                self.zk,
-                self.paths,
-                self.config.node_id,
-                self._member_info(),
-                wait_for=self.config.session_timeout * 2,
-            )
+            self.coord.register(self._member_info(), wait_for=self.config.session_timeout * 2)
         except (KazooException, CoordinationError) as exc:
             self.log.warning("node.rejoin_failed", error=str(exc))
             return
@@ -791,11 +775,11 @@ class Node:
                 metrics.QUEUE_DEPTH.labels(state.value).set(counts.get(state.value, 0))
 
     def _lead(self) -> None:
-        election = LeaderElection(self.zk, self.paths, self.config.node_id)
+        election = self.coord.election()
         reaper = Reaper(
-            TaskStore(Database(self.config.dsn)),
+            TaskStore(make_database(self.config.dsn)),
             self.lease,
-            self.paths,
+            self.coord.members,
             heartbeat_timeout=self.config.heartbeat_timeout,
             max_reclaims=self.config.max_reclaims,
             unrunnable_grace=self.config.unrunnable_grace,

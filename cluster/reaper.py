@@ -14,13 +14,14 @@ machine's clock with another's.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
 
-from taskman.cluster import membership
-from taskman.cluster.layout import ClusterPaths, claim_name
+from taskman.cluster.layout import claim_name
 from taskman.cluster.lease import ClaimLease
 from taskman.states import Outcome, TaskState
 from taskman.store import RunningTask, TaskStore
@@ -49,7 +50,7 @@ class Reaper:
         self,
         store: TaskStore,
         lease: ClaimLease,
-        paths: ClusterPaths,
+        members: Callable[[], list[dict[str, Any]]],
         *,
         heartbeat_timeout: float,
         max_reclaims: int,
@@ -57,7 +58,7 @@ class Reaper:
     ) -> None:
         self.store = store
         self.lease = lease
-        self.paths = paths
+        self.members = members
         self.heartbeat_timeout = heartbeat_timeout
         self.max_reclaims = max_reclaims
         self.unrunnable_grace = unrunnable_grace
@@ -141,7 +142,7 @@ class Reaper:
 
     def _fail_unrunnable(self, epoch: int) -> int:
         served: dict[str, set[str]] = {}
-        for info in membership.members(self.lease.client, self.paths):
+        for info in self.members():
             for name, versions in dict(info.get("plugins", {})).items():
                 served.setdefault(name, set()).update(versions)
         failed = 0

@@ -39,7 +39,9 @@ class NodeConfig:
     slots: int = 4  # concurrent runners
     session_timeout: float = 6.0  # ZooKeeper session, seconds
     heartbeat_interval: float = 1.0  # database heartbeat of each running attempt
-    poll_interval: float = 0.5  # how often an idle node looks for work
+    # How often an idle node looks for work: one cheap index read, so often enough that an
+    # idle cluster starts a task within about 50 ms (bench: median 39 ms at 0.05 s).
+    poll_interval: float = 0.05
     cluster: str = "default"  # ZooKeeper namespace: several clusters may share an ensemble
     heartbeat_timeout: float = 15.0  # the leader reclaims attempts silent for this long
     max_reclaims: int = 5  # a task whose owner died this often fails (a node-killing task)
@@ -90,7 +92,7 @@ class NodeConfig:
 
     def redacted(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["dsn"] = parse_dsn(self.dsn).redacted()
+        data["dsn"] = self.dsn if self.dsn.startswith("sqlite:") else parse_dsn(self.dsn).redacted()
         if self.zookeeper_auth:
             data["zookeeper_auth"] = self.zookeeper_auth.split(":", 1)[0] + ":***"
         data["plugin_dirs"] = [str(p) for p in self.plugin_dirs]
@@ -216,10 +218,11 @@ def _check(config: NodeConfig, source: str) -> None:
         raise fail(f"'datacenter' must be letters, digits, _ . - (got {config.datacenter!r})")
     if not DATACENTER.match(config.cluster):
         raise fail(f"'cluster' must be letters, digits, _ . - (got {config.cluster!r})")
-    try:
-        parse_dsn(config.dsn)
-    except ConfigError as exc:
-        raise fail(f"'dsn': {exc}") from None
+    if not config.dsn.startswith("sqlite:"):  # the embedded mode's database
+        try:
+            parse_dsn(config.dsn)
+        except ConfigError as exc:
+            raise fail(f"'dsn': {exc}") from None
     if not config.zookeeper or any(":" not in h for h in config.zookeeper.split(",")):
         raise fail("'zookeeper' must list host:port pairs, e.g. \"10.0.0.1:2181,10.0.0.2:2181\"")
     if config.zookeeper_auth is not None and ":" not in config.zookeeper_auth:

@@ -18,7 +18,7 @@ from taskman.schedules import (
     build_spec,
 )
 from taskman.states import TaskState
-from taskman.store import Database, TaskStore
+from taskman.store import TaskStore, make_database
 from taskman.store.schedules import ScheduleStore
 from taskman.validation import DEFAULT_MAX_PAYLOAD, build_task
 
@@ -26,7 +26,7 @@ from taskman.validation import DEFAULT_MAX_PAYLOAD, build_task
 class Client:
     """Talks to the task table only; any node in any datacenter will pick the work up.
 
-    >>> client = Client("mysql://taskman:secret@127.0.0.1:3306/taskman")
+    >>> client = Client("mysql://taskman:secret@127.0.0.1:3306/taskman")  # or "sqlite:///path"
     >>> task_id = client.submit("demo.tasks:add", plugin="demo", args=(2, 3))
     >>> client.wait(task_id, timeout=30).result
     5
@@ -36,7 +36,7 @@ class Client:
         self, dsn: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD, retry_deadline: float = 30.0
     ) -> None:
         """``retry_deadline``: how long transient database errors are retried before giving up."""
-        self._store = TaskStore(Database(dsn, retry_deadline=retry_deadline))
+        self._store = TaskStore(make_database(dsn, retry_deadline=retry_deadline))
         self._schedules = ScheduleStore(self._store.db)
         self.max_payload = max_payload
 

@@ -45,7 +45,13 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperEns
 
 
 @pytest.fixture
-def dsn(mariadb: MariaDBServer, request: pytest.FixtureRequest) -> Iterator[str]:
+def dsn(mariadb_dsn: str) -> str:
+    """A fresh, migrated MariaDB database for this test alone (contract tests override it)."""
+    return mariadb_dsn
+
+
+@pytest.fixture
+def mariadb_dsn(mariadb: MariaDBServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, migrated database for this test alone; dropped afterwards."""
     # Imported here so lab-only test runs do not depend on the store package.
     from taskman.store.migrations import migrate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskman.cli import lab, schedule, server, tasks, ui
+from taskman.cli import dev, lab, schedule, server, tasks, ui
 from taskman.cli.common import fail
 from taskman.cli.exitcodes import Exit
 from taskman.errors import TaskmanError
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.register(sub)
     server.register(sub)
     lab.register(sub)
+    dev.register(sub)
     schedule.register(sub)
     ui.register(sub)
     return parser

@@ -1,6 +1,19 @@
-"""The store: every read and write of the task table. SQL lives in ``queries.py``."""
+"""The store: every read and write of the task table. SQL lives in ``queries.py`` (MySQL)
+and ``queries_sqlite.py`` (embedded mode); ``make_database`` picks the backend from the DSN."""
 
+from taskman.store.backend import StoreDatabase, make_database
 from taskman.store.connection import Database
+from taskman.store.sqlite import SQLiteDatabase
 from taskman.store.tasks import Candidate, Claim, RunningTask, RunningView, TaskStore
 
-__all__ = ["Candidate", "Claim", "Database", "RunningTask", "RunningView", "TaskStore"]
+__all__ = [
+    "Candidate",
+    "Claim",
+    "Database",
+    "RunningTask",
+    "RunningView",
+    "SQLiteDatabase",
+    "StoreDatabase",
+    "TaskStore",
+    "make_database",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from types import ModuleType
 from typing import Any, TypeVar
 
 import pymysql
@@ -92,6 +93,9 @@ class Database:
     function on transient errors, reconnecting first. Functions given to ``run``
     must therefore be safe to repeat: taskman's are conditional (fenced) writes.
     """
+
+    q: ModuleType = q  # the statements the stores run through this database (backend.py)
+    dialect = "mysql"
 
     def __init__(
         self,

@@ -16,8 +16,7 @@ from typing import Any
 
 from taskman.errors import ValidationError
 from taskman.states import TaskState
-from taskman.store import queries as q
-from taskman.store.connection import Database
+from taskman.store.backend import StoreDatabase, make_database
 
 FIRST_WINDOW = 20_000  # ids examined by the first windowed statement of a page
 MAX_WINDOW = 100_000  # about 0.1 s of primary-key scan on a laptop-sized server
@@ -143,8 +142,9 @@ class Leadership:
 
 
 class DashboardStore:
-    def __init__(self, db: Database | str) -> None:
-        self.db = db if isinstance(db, Database) else Database(db)
+    def __init__(self, db: StoreDatabase | str) -> None:
+        self.db = make_database(db) if isinstance(db, str) else db
+        self.q = self.db.q  # this backend's statements (queries or queries_sqlite)
 
     def close(self) -> None:
         self.db.close()
@@ -167,34 +167,33 @@ class DashboardStore:
         if flt.timed:
             return self._by_time(flt, before, limit)
         if flt.index_ordered:
-            sql, args = self._where(q.UI_LIST, flt)
+            sql, args = self._where(self.q.UI_LIST, flt)
             if before is not None:
-                sql += q.UI_FILTERS["id_below"]
+                sql += self.q.UI_FILTERS["id_below"]
                 args.append(before)
-            rows = self._rows(sql + q.UI_ORDER_ID, [*args, limit + 1])
+            rows = self._rows(sql + self.q.UI_ORDER_ID, [*args, limit + 1])
             return self._cut(rows, limit, statements=1)
         return self._windowed(flt, before, limit, first_window, budget)
 
-    @staticmethod
-    def _where(base: str, flt: TaskFilter) -> tuple[str, list[Any]]:
+    def _where(self, base: str, flt: TaskFilter) -> tuple[str, list[Any]]:
         sql = base
         args: list[Any] = []
         if flt.state is not None:
-            sql += q.UI_FILTERS["state"]
+            sql += self.q.UI_FILTERS["state"]
             args.append(flt.state.value)
         for name in ("plugin", "function"):
             value = getattr(flt, name)
             if value:
-                sql += q.UI_FILTERS[name]
+                sql += self.q.UI_FILTERS[name]
                 args.append(value)
         if flt.datacenter:
-            sql += q.UI_FILTERS["datacenter"]
+            sql += self.q.UI_FILTERS["datacenter"]
             args += [flt.datacenter, flt.datacenter]
         if flt.since is not None:
-            sql += q.UI_FILTERS["since"]
+            sql += self.q.UI_FILTERS["since"]
             args.append(_naive_utc(flt.since))
         if flt.until is not None:
-            sql += q.UI_FILTERS["until"]
+            sql += self.q.UI_FILTERS["until"]
             args.append(_naive_utc(flt.until))
         return sql, args
 
@@ -213,18 +212,23 @@ class DashboardStore:
         top = before
         statements = 0
         if top is None:
-            found = self.db.query(q.UI_MAX_ID)
+            found = self.db.query(self.q.UI_MAX_ID)
             statements += 1
             if not found or found[0]["id"] is None:
                 return TaskPage([], statements=statements)
             top = int(found[0]["id"]) + 1
-        base, base_args = self._where(q.UI_LIST, flt)
+        base, base_args = self._where(self.q.UI_LIST, flt)
         rows: list[TaskRow] = []
         window = first_window
         deadline = time.monotonic() + budget
         while top > 0 and len(rows) <= limit:
             floor = max(top - window, 0)
-            sql = base + q.UI_FILTERS["id_below"] + q.UI_FILTERS["id_from"] + q.UI_ORDER_ID
+            sql = (
+                base
+                + self.q.UI_FILTERS["id_below"]
+                + self.q.UI_FILTERS["id_from"]
+                + self.q.UI_ORDER_ID
+            )
             rows += self._rows(sql, [*base_args, top, floor, limit + 1 - len(rows)])
             statements += 1
             top = floor
@@ -237,19 +241,19 @@ class DashboardStore:
         return page
 
     def _by_time(self, flt: TaskFilter, before: int | None, limit: int) -> TaskPage:
-        sql, args = self._where(q.UI_LIST_BY_TIME, flt)
+        sql, args = self._where(self.q.UI_LIST_BY_TIME, flt)
         statements = 0
         if before is not None:
-            found = self.db.query(q.UI_CREATED_AT, (before,))
+            found = self.db.query(self.q.UI_CREATED_AT, (before,))
             statements += 1
             if found:  # keyset on (created_at, id), the order tasks_created keeps
                 at = found[0]["created_at"]
-                sql += q.UI_FILTERS["time_cursor"]
+                sql += self.q.UI_FILTERS["time_cursor"]
                 args += [at, at, before]
             else:  # the cursor's task was pruned meanwhile: ids still page correctly enough
-                sql += q.UI_FILTERS["id_below"]
+                sql += self.q.UI_FILTERS["id_below"]
                 args.append(before)
-        rows = self._rows(sql + q.UI_ORDER_TIME, [*args, limit + 1])
+        rows = self._rows(sql + self.q.UI_ORDER_TIME, [*args, limit + 1])
         return self._cut(rows, limit, statements=statements + 1)
 
     def _search(self, flt: TaskFilter, limit: int) -> TaskPage:
@@ -258,17 +262,17 @@ class DashboardStore:
         plain = TaskFilter(
             flt.state, flt.plugin, flt.function, flt.datacenter, flt.since, flt.until
         )
-        base, base_args = self._where(q.UI_LIST, plain)
+        base, base_args = self._where(self.q.UI_LIST, plain)
         rows: list[TaskRow] = []
         statements = 0
         if text.isdigit() and len(text) <= 19:
             rows += self._rows(
-                base + q.UI_FILTERS["id_is"] + q.UI_ORDER_ID, [*base_args, int(text), 1]
+                base + self.q.UI_FILTERS["id_is"] + self.q.UI_ORDER_ID, [*base_args, int(text), 1]
             )
             statements += 1
         seen = {r.id for r in rows}
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        sql = base + q.UI_FILTERS["key_prefix"] + q.UI_ORDER_KEY
+        sql = base + self.q.UI_FILTERS["key_prefix"] + self.q.UI_ORDER_KEY
         statements += 1
         for row in self._rows(sql, [*base_args, escaped + "%", limit + 1]):
             if row.id not in seen:
@@ -279,13 +283,13 @@ class DashboardStore:
 
     # -- the dashboard -----------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        found = {r["state"]: int(r["COUNT(*)"]) for r in self.db.query(q.COUNT_BY_STATE)}
+        found = {r["state"]: int(r["COUNT(*)"]) for r in self.db.query(self.q.COUNT_BY_STATE)}
         return {s.value: found.get(s.value, 0) for s in TaskState}
 
     def throughput(self, *, span: int = 3600, bucket: int = 300) -> list[Bucket]:
         """Finished tasks by state per ``bucket`` seconds over the last ``span``, latest first."""
         buckets = [Bucket(age) for age in range(span // bucket)]
-        for row in self.db.query(q.UI_THROUGHPUT, (bucket, span)):
+        for row in self.db.query(self.q.UI_THROUGHPUT, (bucket, span)):
             age = int(row["bucket"])
             if 0 <= age < len(buckets):
                 buckets[age].counts[row["state"]] = int(row["n"])
@@ -295,12 +299,12 @@ class DashboardStore:
         """(node, datacenter) -> running tasks it owns, as the database sees it."""
         return {
             (str(r["owner"]), str(r["owner_datacenter"] or "?")): int(r["n"])
-            for r in self.db.query(q.UI_RUNNING_OWNERS)
+            for r in self.db.query(self.q.UI_RUNNING_OWNERS)
             if r["owner"] is not None
         }
 
     def leadership(self) -> Leadership | None:
-        found = self.db.query(q.UI_LEADERSHIP)
+        found = self.db.query(self.q.UI_LEADERSHIP)
         if not found:
             return None
         row = found[0]

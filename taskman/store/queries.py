@@ -84,6 +84,13 @@ RETRY_TASK = (
     "finished_at = NULL WHERE id = %s AND state IN ('failed', 'aborted', 'expired')"
 )
 TASK_STATE = "SELECT state, fence, attempt, owner, abort_requested FROM tasks WHERE id = %s"
+# The largest token the database holds (fences and leader epochs): a local
+# coordinator starts above it after a restart, so tokens only grow.
+HIGHEST_FENCE_OR_EPOCH = (
+    "SELECT GREATEST(COALESCE((SELECT MAX(fence) FROM tasks), 0), "
+    "COALESCE((SELECT MAX(fence) FROM attempts), 0), "
+    "COALESCE((SELECT MAX(epoch) FROM leadership), 0)) AS token"
+)
 
 # -- node: claims -----------------------------------------------------------
 # Candidates: queued, due, not past not_after, runnable in this datacenter, for

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pymysql
-import pymysql.cursors
 
 from taskman.errors import FencedError, TaskmanError, TransientStoreError
 from taskman.schedules import (
@@ -30,10 +29,8 @@ from taskman.schedules import (
     plan,
     tick_key,
 )
-from taskman.store import queries as q
-from taskman.store.connection import Database
+from taskman.store.backend import Cursor, StoreDatabase, make_database
 
-Cursor = pymysql.cursors.DictCursor
 DUPLICATE_KEY = 1062
 ACTIVE_STATES = ("queued", "running")
 
@@ -130,15 +127,15 @@ class TickTask:
 
 
 class ScheduleStore:
-    def __init__(self, db: Database | str) -> None:
-        self.db = db if isinstance(db, Database) else Database(db)
+    def __init__(self, db: StoreDatabase | str) -> None:
+        self.db = make_database(db) if isinstance(db, str) else db
+        self.q = self.db.q  # this backend's statements (queries or queries_sqlite)
 
     def close(self) -> None:
         self.db.close()
 
-    @staticmethod
-    def _now(cur: Cursor) -> datetime:
-        cur.execute(q.NOW)
+    def _now(self, cur: Cursor) -> datetime:
+        cur.execute(self.q.NOW)
         row = cur.fetchone()
         assert row is not None
         return _aware(next(iter(row.values())))
@@ -154,13 +151,13 @@ class ScheduleStore:
 
         def fn(cur: Cursor) -> Schedule:
             now = self._now(cur)
-            cur.execute(q.LOCK_SCHEDULE, (spec.name,))
+            cur.execute(self.q.LOCK_SCHEDULE, (spec.name,))
             row = cur.fetchone()
             first = _naive(timetable.next_after(now))
             if row is None:
                 try:
                     cur.execute(
-                        q.INSERT_SCHEDULE, (spec.name, *_spec_values(spec), int(paused), first)
+                        self.q.INSERT_SCHEDULE, (spec.name, *_spec_values(spec), int(paused), first)
                     )
                 except pymysql.err.IntegrityError as exc:
                     if exc.args[0] != DUPLICATE_KEY:
@@ -173,8 +170,8 @@ class ScheduleStore:
                         f"schedule {spec.name!r} already exists with a different definition; "
                         "remove it first or add it with replace=True (CLI: --replace)"
                     )
-                cur.execute(q.REPLACE_SCHEDULE, (*_spec_values(spec), first, spec.name))
-            cur.execute(q.GET_SCHEDULE, (spec.name,))
+                cur.execute(self.q.REPLACE_SCHEDULE, (*_spec_values(spec), first, spec.name))
+            cur.execute(self.q.GET_SCHEDULE, (spec.name,))
             return _schedule(self._one(cur, spec.name))
 
         # Safe to repeat after an ambiguous commit: a second run finds the same definition.
@@ -189,18 +186,18 @@ class ScheduleStore:
 
     def get(self, name: str) -> Schedule:
         def fn(cur: Cursor) -> Schedule:
-            cur.execute(q.GET_SCHEDULE, (name,))
+            cur.execute(self.q.GET_SCHEDULE, (name,))
             return _schedule(self._one(cur, name))
 
         return self.db.run(fn)
 
     def list_all(self) -> list[Schedule]:
-        return [_schedule(r) for r in self.db.query(q.LIST_SCHEDULES)]
+        return [_schedule(r) for r in self.db.query(self.q.LIST_SCHEDULES)]
 
     def pause(self, name: str) -> Schedule:
         def fn(cur: Cursor) -> Schedule:
-            cur.execute(q.PAUSE_SCHEDULE, (name,))
-            cur.execute(q.GET_SCHEDULE, (name,))
+            cur.execute(self.q.PAUSE_SCHEDULE, (name,))
+            cur.execute(self.q.GET_SCHEDULE, (name,))
             return _schedule(self._one(cur, name))
 
         return self.db.run(fn)
@@ -210,12 +207,12 @@ class ScheduleStore:
 
         def fn(cur: Cursor) -> Schedule:
             now = self._now(cur)
-            cur.execute(q.LOCK_SCHEDULE, (name,))
+            cur.execute(self.q.LOCK_SCHEDULE, (name,))
             row = self._one(cur, name)
             if row["paused"]:
                 first = _spec(row).timetable().next_after(now)
-                cur.execute(q.RESUME_SCHEDULE, (_naive(first), name))
-            cur.execute(q.GET_SCHEDULE, (name,))
+                cur.execute(self.q.RESUME_SCHEDULE, (_naive(first), name))
+            cur.execute(self.q.GET_SCHEDULE, (name,))
             return _schedule(self._one(cur, name))
 
         return self.db.run(fn)
@@ -224,10 +221,10 @@ class ScheduleStore:
         """Delete the schedule; tasks it already created stay."""
 
         def fn(cur: Cursor) -> int:
-            return int(cur.execute(q.DELETE_SCHEDULE, (name,)))
+            return int(cur.execute(self.q.DELETE_SCHEDULE, (name,)))
 
         def reread(cur: Cursor) -> int | None:
-            cur.execute(q.GET_SCHEDULE, (name,))
+            cur.execute(self.q.GET_SCHEDULE, (name,))
             return 1 if cur.fetchone() is None else None
 
         if not self.db.run(fn, on_ambiguous=reread):
@@ -236,7 +233,7 @@ class ScheduleStore:
     def tick_tasks(self, name: str) -> list[TickTask]:
         """The tasks this schedule's ticks created (also before a remove), oldest tick first."""
         pattern = KEY_PREFIX + name.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
-        rows = self.db.query(q.TICK_TASKS, (pattern + ":%",))
+        rows = self.db.query(self.q.TICK_TASKS, (pattern + ":%",))
         out = []
         for r in rows:
             stamp = r["idempotency_key"].rsplit(":", 3)
@@ -247,7 +244,7 @@ class ScheduleStore:
     # -- the leader ---------------------------------------------------------------
     def due(self, limit: int = 100) -> list[str]:
         """Names of unpaused schedules whose next tick has come, by the database's clock."""
-        return [r["name"] for r in self.db.query(q.DUE_SCHEDULES, (limit,))]
+        return [r["name"] for r in self.db.query(self.q.DUE_SCHEDULES, (limit,))]
 
     def fire(self, name: str, *, role: str, epoch: int) -> Fired | None:
         """Turn the due ticks of one schedule into tasks; None if nothing was due or we may not.
@@ -258,7 +255,7 @@ class ScheduleStore:
 
         def fn(cur: Cursor) -> Fired | None:
             now = self._now(cur)
-            cur.execute(q.LOCK_SCHEDULE, (name,))
+            cur.execute(self.q.LOCK_SCHEDULE, (name,))
             row = cur.fetchone()
             if row is None or row["paused"]:
                 return None
@@ -281,7 +278,7 @@ class ScheduleStore:
             last_tick: datetime | None = None
             for tick in step.fire:
                 if spec.overlap is Overlap.SKIP and last_id is not None:
-                    cur.execute(q.TASK_STATE, (last_id,))
+                    cur.execute(self.q.TASK_STATE, (last_id,))
                     prev = cur.fetchone()
                     if prev is not None and prev["state"] in ACTIVE_STATES:
                         overlap_skipped += 1
@@ -295,7 +292,7 @@ class ScheduleStore:
                     existing += 1
             fired = len(new_ids) + existing
             advanced = cur.execute(
-                q.ADVANCE_SCHEDULE,
+                self.q.ADVANCE_SCHEDULE,
                 (
                     _naive(step.next_tick),
                     None if last_tick is None else _naive(last_tick),
@@ -310,7 +307,7 @@ class ScheduleStore:
             )
             if not advanced:
                 # Raising rolls the inserted tasks back with the transaction.
-                cur.execute(q.LEADERSHIP, (role,))
+                cur.execute(self.q.LEADERSHIP, (role,))
                 leader = cur.fetchone()
                 if leader is None or int(leader["epoch"]) != epoch:
                     raise FencedError(
@@ -336,13 +333,12 @@ class ScheduleStore:
         except _ScheduleChangedError:
             return None
 
-    @staticmethod
-    def _insert_tick(cur: Cursor, spec: ScheduleSpec, tick: datetime) -> tuple[int, bool]:
+    def _insert_tick(self, cur: Cursor, spec: ScheduleSpec, tick: datetime) -> tuple[int, bool]:
         """Insert the tick's task; (id, True), or the existing task's (id, False)."""
         key = tick_key(spec.name, tick)
         try:
             cur.execute(
-                q.INSERT_TICK_TASK,
+                self.q.INSERT_TICK_TASK,
                 (
                     uuid.uuid4().hex,
                     key,
@@ -362,7 +358,7 @@ class ScheduleStore:
         except pymysql.err.IntegrityError as exc:
             if exc.args[0] != DUPLICATE_KEY:
                 raise
-        cur.execute(q.TASK_ID_BY_KEY, (key,))
+        cur.execute(self.q.TASK_ID_BY_KEY, (key,))
         row = cur.fetchone()
         if row is None:  # the holder of the key was deleted in between
             raise TransientStoreError(f"duplicate key {key!r}, but no row holds it; retrying")

@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 import pymysql
-import pymysql.cursors
 
 from taskman.errors import (
     IdempotencyConflictError,
@@ -23,11 +22,9 @@ from taskman.errors import (
 )
 from taskman.models import Attempt, Task
 from taskman.states import Outcome, TaskState
-from taskman.store import queries as q
-from taskman.store.connection import Database
+from taskman.store.backend import Cursor, StoreDatabase, make_database
 from taskman.validation import NewTask
 
-Cursor = pymysql.cursors.DictCursor
 DUPLICATE_KEY = 1062
 MAX_TAIL = 64 * 1024
 
@@ -89,8 +86,9 @@ class RunningTask:
 
 
 class TaskStore:
-    def __init__(self, db: Database | str) -> None:
-        self.db = db if isinstance(db, Database) else Database(db)
+    def __init__(self, db: StoreDatabase | str) -> None:
+        self.db = make_database(db) if isinstance(db, str) else db
+        self.q = self.db.q  # this backend's statements (queries or queries_sqlite)
 
     def close(self) -> None:
         self.db.close()
@@ -107,7 +105,7 @@ class TaskStore:
         def fn(cur: Cursor) -> int:
             try:
                 cur.execute(
-                    q.INSERT_TASK,
+                    self.q.INSERT_TASK,
                     (
                         task.request_id,
                         task.idempotency_key,
@@ -142,13 +140,13 @@ class TaskStore:
 
     def _existing(self, cur: Cursor, task: NewTask) -> int | None:
         """The task this submission already created (or its idempotency twin); None if none."""
-        cur.execute(q.TASK_BY_REQUEST_ID, (task.request_id,))
+        cur.execute(self.q.TASK_BY_REQUEST_ID, (task.request_id,))
         row = cur.fetchone()
         if row:
             return int(row["id"])
         if task.idempotency_key is None:
             return None
-        cur.execute(q.TASK_BY_IDEMPOTENCY_KEY, (task.idempotency_key,))
+        cur.execute(self.q.TASK_BY_IDEMPOTENCY_KEY, (task.idempotency_key,))
         row = cur.fetchone()
         if row is None:
             return None
@@ -169,13 +167,13 @@ class TaskStore:
     # -- read ------------------------------------------------------------------
     def get(self, task_id: int, *, with_attempts: bool = True) -> Task:
         def fn(cur: Cursor) -> Task:
-            cur.execute(q.GET_TASK, (task_id,))
+            cur.execute(self.q.GET_TASK, (task_id,))
             row = cur.fetchone()
             if row is None:
                 raise TaskNotFoundError(f"no task with id {task_id}")
             attempts: tuple[Attempt, ...] = ()
             if with_attempts:
-                cur.execute(q.GET_ATTEMPTS, (task_id,))
+                cur.execute(self.q.GET_ATTEMPTS, (task_id,))
                 attempts = tuple(Attempt.from_row(r) for r in cur.fetchall())
             return Task.from_row(row, attempts)
 
@@ -195,7 +193,7 @@ class TaskStore:
         if state is not None and state not in {s.value for s in TaskState}:
             known = ", ".join(s.value for s in TaskState)
             raise ValidationError(f"unknown state {state!r}; known states: {known}")
-        sql = q.LIST_TASKS
+        sql = self.q.LIST_TASKS
         args: list[Any] = []
         for name, value in (
             ("state", None if state is None else TaskState(state).value),
@@ -204,25 +202,25 @@ class TaskStore:
             ("created_after", created_after),
         ):
             if value is not None:
-                sql += q.LIST_FILTERS[name]
+                sql += self.q.LIST_FILTERS[name]
                 args.append(value)
-        sql += q.LIST_ORDER
+        sql += self.q.LIST_ORDER
         args.append(limit)
         return [Task.from_row(r) for r in self.db.query(sql, args)]
 
     def count_by_state(self) -> dict[str, int]:
-        return {r["state"]: int(r["COUNT(*)"]) for r in self.db.query(q.COUNT_BY_STATE)}
+        return {r["state"]: int(r["COUNT(*)"]) for r in self.db.query(self.q.COUNT_BY_STATE)}
 
     # -- abort -----------------------------------------------------------------
     def request_abort(self, task_id: int) -> TaskState:
         """Abort a queued task at once; flag a running one for its owner. Returns the state now."""
 
         def fn(cur: Cursor) -> TaskState:
-            if cur.execute(q.ABORT_QUEUED, (task_id,)):
+            if cur.execute(self.q.ABORT_QUEUED, (task_id,)):
                 return TaskState.ABORTED
-            if cur.execute(q.ABORT_RUNNING, (task_id,)):
+            if cur.execute(self.q.ABORT_RUNNING, (task_id,)):
                 return TaskState.RUNNING
-            cur.execute(q.TASK_STATE, (task_id,))
+            cur.execute(self.q.TASK_STATE, (task_id,))
             row = cur.fetchone()
             if row is None:
                 raise TaskNotFoundError(f"no task with id {task_id}")
@@ -232,7 +230,7 @@ class TaskStore:
             raise TaskStateError(f"task {task_id} is already {state.value}; nothing to abort")
 
         def reread(cur: Cursor) -> TaskState | None:
-            cur.execute(q.TASK_STATE, (task_id,))
+            cur.execute(self.q.TASK_STATE, (task_id,))
             row = cur.fetchone()
             if row and row["state"] == TaskState.ABORTED.value:
                 return TaskState.ABORTED
@@ -246,9 +244,9 @@ class TaskStore:
         """Re-queue a failed, aborted or expired task as a new attempt."""
 
         def fn(cur: Cursor) -> bool:
-            if cur.execute(q.RETRY_TASK, (task_id,)):
+            if cur.execute(self.q.RETRY_TASK, (task_id,)):
                 return True
-            cur.execute(q.TASK_STATE, (task_id,))
+            cur.execute(self.q.TASK_STATE, (task_id,))
             row = cur.fetchone()
             if row is None:
                 raise TaskNotFoundError(f"no task with id {task_id}")
@@ -258,7 +256,7 @@ class TaskStore:
             )
 
         def reread(cur: Cursor) -> bool | None:
-            cur.execute(q.TASK_STATE, (task_id,))
+            cur.execute(self.q.TASK_STATE, (task_id,))
             row = cur.fetchone()
             return True if row and row["state"] == TaskState.QUEUED.value else None
 
@@ -279,18 +277,22 @@ class TaskStore:
             return []
         terms, args = [], [datacenter]
         for name, versions in sorted(plugins.items()):
-            terms.append(q.CANDIDATE_PLUGIN_TERM.format(versions=", ".join(["%s"] * len(versions))))
+            terms.append(
+                self.q.CANDIDATE_PLUGIN_TERM.format(versions=", ".join(["%s"] * len(versions)))
+            )
             args.extend([name, *versions])
         blocked = ""
         if blocked_keys:
-            blocked += q.CANDIDATE_BLOCKED_KEYS.format(keys=", ".join(["%s"] * len(blocked_keys)))
+            blocked += self.q.CANDIDATE_BLOCKED_KEYS.format(
+                keys=", ".join(["%s"] * len(blocked_keys))
+            )
             args.extend(sorted(blocked_keys))
         if blocked_functions:
             pairs = ", ".join(["(%s, %s)"] * len(blocked_functions))
-            blocked += q.CANDIDATE_BLOCKED_FUNCTIONS.format(pairs=pairs)
+            blocked += self.q.CANDIDATE_BLOCKED_FUNCTIONS.format(pairs=pairs)
             for pair in sorted(blocked_functions):
                 args.extend(pair)
-        sql = q.CANDIDATES.format(plugins=" OR ".join(terms), blocked=blocked)
+        sql = self.q.CANDIDATES.format(plugins=" OR ".join(terms), blocked=blocked)
         rows = self.db.query(sql, [*args, limit])
         return [
             Candidate(
@@ -317,7 +319,7 @@ class TaskStore:
         """Move a queued task to running under ``fence``; None if someone else got there first."""
 
         def read(cur: Cursor) -> Claim | None:
-            cur.execute(q.CLAIMED_TASK, (task_id,))
+            cur.execute(self.q.CLAIMED_TASK, (task_id,))
             row = cur.fetchone()
             if row is None or int(row["fence"]) != fence:
                 return None
@@ -340,10 +342,12 @@ class TaskStore:
             )
 
         def fn(cur: Cursor) -> Claim | None:
-            if not cur.execute(q.CLAIM, (fence, node, datacenter, task_id, seen_attempt, fence)):
+            if not cur.execute(
+                self.q.CLAIM, (fence, node, datacenter, task_id, seen_attempt, fence)
+            ):
                 return None
             cur.execute(
-                q.INSERT_ATTEMPT,
+                self.q.INSERT_ATTEMPT,
                 (task_id, seen_attempt + 1, fence, node, datacenter, plugin_version),
             )
             return read(cur)
@@ -358,9 +362,9 @@ class TaskStore:
 
         def fn(cur: Cursor) -> list[RunningView]:
             for task_id, fence in owned:
-                cur.execute(q.HEARTBEAT, (task_id, fence))
+                cur.execute(self.q.HEARTBEAT, (task_id, fence))
             ids = [task_id for task_id, _ in owned]
-            cur.execute(q.RUNNING_STATUS.format(ids=", ".join(["%s"] * len(ids))), ids)
+            cur.execute(self.q.RUNNING_STATUS.format(ids=", ".join(["%s"] * len(ids))), ids)
             return [
                 RunningView(
                     task_id=int(r["id"]),
@@ -374,7 +378,7 @@ class TaskStore:
         return self.db.run(fn, deadline=5.0)
 
     def progress(self, task_id: int, fence: int, fraction: float, message: str) -> bool:
-        return self.db.execute(q.PROGRESS, (fraction, message[:1000], task_id, fence)) == 1
+        return self.db.execute(self.q.PROGRESS, (fraction, message[:1000], task_id, fence)) == 1
 
     def finish(
         self,
@@ -402,13 +406,13 @@ class TaskStore:
 
         def fn(cur: Cursor) -> bool:
             if task_state is TaskState.SUCCEEDED:
-                changed = cur.execute(q.FINISH_SUCCEEDED, (result_json, task_id, fence))
+                changed = cur.execute(self.q.FINISH_SUCCEEDED, (result_json, task_id, fence))
             elif task_state is TaskState.QUEUED:
                 micros = int((retry_delay or 0.0) * 1_000_000)
                 # A failure of the task counts against max_attempts; an attempt the
                 # node gave up (self-fencing, shutdown) counts as a reclaim instead.
                 changed = cur.execute(
-                    q.FINISH_RETRY,
+                    self.q.FINISH_RETRY,
                     (
                         int(counts_as_failure),
                         int(not counts_as_failure),
@@ -421,7 +425,7 @@ class TaskStore:
                 )
             else:
                 changed = cur.execute(
-                    q.FINISH_FAILED,
+                    self.q.FINISH_FAILED,
                     (
                         task_state.value,
                         int(counts_as_failure),
@@ -434,7 +438,7 @@ class TaskStore:
             if not changed:
                 return False
             cur.execute(
-                q.END_ATTEMPT,
+                self.q.END_ATTEMPT,
                 (
                     outcome.value,
                     error_type,
@@ -451,7 +455,7 @@ class TaskStore:
         def reread(cur: Cursor) -> bool | None:
             # After an ambiguous commit: our write applied iff our attempt row has ended
             # with our outcome; otherwise run the (fenced) write again.
-            cur.execute(q.GET_ATTEMPTS, (task_id,))
+            cur.execute(self.q.GET_ATTEMPTS, (task_id,))
             for row in cur.fetchall():
                 if int(row["attempt"]) == attempt and int(row["fence"]) == fence:
                     return True if row["outcome"] == outcome.value else None
@@ -464,8 +468,8 @@ class TaskStore:
         """Record this leader's epoch; False if a newer leader has already written a larger one."""
 
         def fn(cur: Cursor) -> bool:
-            cur.execute(q.TAKE_LEADERSHIP, (name, epoch, node))
-            cur.execute(q.LEADERSHIP, (name,))
+            cur.execute(self.q.TAKE_LEADERSHIP, (name, epoch, node))
+            cur.execute(self.q.LEADERSHIP, (name,))
             row = cur.fetchone()
             return bool(row and int(row["epoch"]) == epoch)
 
@@ -481,7 +485,7 @@ class TaskStore:
                 heartbeat_at=r["heartbeat_at"],
                 reclaims=int(r["reclaims"]),
             )
-            for r in self.db.query(q.RUNNING_TASKS)
+            for r in self.db.query(self.q.RUNNING_TASKS)
         ]
 
     def reclaim(
@@ -498,7 +502,7 @@ class TaskStore:
         error_type = "NodeLost" if outcome is Outcome.NODE_LOST else "HeartbeatTimeout"
 
         def fn(cur: Cursor) -> bool:
-            sql = q.RECLAIM_GIVE_UP if give_up else q.RECLAIM
+            sql = self.q.RECLAIM_GIVE_UP if give_up else self.q.RECLAIM
             message = reason
             if give_up:
                 message = f"{reason}; gave up after {task.reclaims + 1} reclaims"
@@ -507,7 +511,7 @@ class TaskStore:
             ):
                 return False
             cur.execute(
-                q.END_LOST_ATTEMPT,
+                self.q.END_LOST_ATTEMPT,
                 (outcome.value, error_type, reason, task.task_id, task.attempt, task.fence),
             )
             return True
@@ -515,7 +519,7 @@ class TaskStore:
         return self.db.run(fn)
 
     def expire_due(self, *, role: str, epoch: int, limit: int = 1000) -> int:
-        return self.db.execute(q.EXPIRE_DUE, (role, epoch, limit))
+        return self.db.execute(self.q.EXPIRE_DUE, (role, epoch, limit))
 
     def prune(
         self, state: TaskState, older_than: float, *, role: str, epoch: int, batch: int
@@ -523,15 +527,21 @@ class TaskStore:
         """Delete one batch of ``state`` tasks finished more than ``older_than`` s ago."""
         if not state.terminal:
             raise ValidationError(f"only finished tasks are pruned, not {state.value}")
-        return self.db.execute(q.PRUNE_BATCH, (state.value, older_than, role, epoch, batch))
+        return self.db.execute(self.q.PRUNE_BATCH, (state.value, older_than, role, epoch, batch))
 
     def count_prunable(self, state: TaskState, older_than: float) -> int:
-        return int(self.db.query(q.PRUNE_COUNT, (state.value, older_than))[0]["n"])
+        return int(self.db.query(self.q.PRUNE_COUNT, (state.value, older_than))[0]["n"])
+
+    def max_token(self) -> int:
+        """The largest fence or leader epoch stored: a restarted local coordinator starts above it."""
+        return int(self.db.query(self.q.HIGHEST_FENCE_OR_EPOCH)[0]["token"] or 0)
 
     def queued_plugins(self) -> list[tuple[str, str | None]]:
-        return [(r["plugin"], r["plugin_version"]) for r in self.db.query(q.QUEUED_PLUGINS)]
+        return [(r["plugin"], r["plugin_version"]) for r in self.db.query(self.q.QUEUED_PLUGINS)]
 
     def fail_unrunnable(
         self, plugin: str, version: str | None, message: str, grace: float, *, role: str, epoch: int
     ) -> int:
-        return self.db.execute(q.FAIL_UNRUNNABLE, (message, plugin, version, grace, role, epoch))
+        return self.db.execute(
+            self.q.FAIL_UNRUNNABLE, (message, plugin, version, grace, role, epoch)
+        )

@@ -39,7 +39,7 @@ from taskman.errors import (
 from taskman.models import Task
 from taskman.schedules import ScheduleNotFoundError
 from taskman.states import Outcome, TaskState
-from taskman.store import Database, TaskStore
+from taskman.store import TaskStore, make_database
 from taskman.store.dashboard import Bucket, DashboardStore, TaskFilter
 from taskman.store.schedules import ScheduleStore
 from taskman.web import security
@@ -74,6 +74,9 @@ class UISettings:
     auth: security.AuthConfig = field(default_factory=security.AuthConfig)
     zookeeper_security: Any = None  # taskman.cluster.zk.ZkSecurity (digest identity, TLS)
     poll_interval: float = 1.0  # seconds between refreshes of a task page's live part
+    # Embedded mode: live members and the leader from the in-process coordinator
+    # instead of ZooKeeper.
+    members: Callable[[], tuple[list[dict[str, Any]], str | None]] | None = None
 
 
 # -- formatting ----------------------------------------------------------------
@@ -223,12 +226,12 @@ class UI:
 
     def __init__(self, settings: UISettings) -> None:
         self.settings = settings
-        self.db = Database(settings.dsn, retry_deadline=5.0)
+        self.db = make_database(settings.dsn, retry_deadline=5.0)
         self.tasks = TaskStore(self.db)
         self.dashboard = DashboardStore(self.db)
         self.schedules = ScheduleStore(self.db)
         self.cluster = ClusterView(
-            settings.zookeeper, settings.cluster, settings.zookeeper_security
+            settings.zookeeper, settings.cluster, settings.zookeeper_security, settings.members
         )
         self.env = _environment()
         self._counts: tuple[float, dict[str, int]] | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +70,14 @@ class ClusterSnapshot:
 class ClusterView:
     """Reads membership and the leader with one long-lived read-only ZooKeeper session."""
 
-    def __init__(self, hosts: str | None, cluster: str, security: Any = None) -> None:
+    def __init__(
+        self,
+        hosts: str | None,
+        cluster: str,
+        security: Any = None,
+        members: Callable[[], tuple[list[dict[str, Any]], str | None]] | None = None,
+    ) -> None:
+        self.members = members
         self.hosts = hosts
         self.cluster = cluster
         self.security = security  # a taskman.cluster.zk.ZkSecurity: the cluster's znodes have ACLs
@@ -106,6 +114,9 @@ class ClusterView:
 
     def snapshot(self, running: dict[tuple[str, str], int]) -> ClusterSnapshot:
         """``running``: (node, datacenter) -> running tasks the database says it owns."""
+        if self.members is not None:
+            found, leader = self.members()
+            return self._assemble(found, leader, running, None, True)
         if not self.hosts:
             return self._assemble([], None, running, "ZooKeeper is not configured", False)
         from kazoo.exceptions import KazooException

@@ -13,6 +13,7 @@ from taskman import Client
 from taskman.lab import ZooKeeperEnsemble
 from taskman.lab.nodes import NodeProcess
 from taskman.plugins import EXAMPLES_DIR
+from tests.integration.backends import BACKENDS, sqlite_database
 from tests.integration.cluster_support import FAST_NODE
 
 StartNode = Callable[..., NodeProcess]
@@ -49,6 +50,17 @@ def start_node(
     yield start
     for node in nodes:
         node.stop(timeout=15)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, migrated database of each backend in turn: MariaDB, then a SQLite file.
+
+    A contract test module runs on both by overriding ``dsn`` with this fixture.
+    """
+    if request.param == "mysql":
+        return str(request.getfixturevalue("mariadb_dsn"))
+    return sqlite_database(tmp_path)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""taskman.Client against a real MariaDB: submit, get, list, abort and wait, row by row.
+"""taskman.Client against a real MariaDB and a SQLite file: submit, get, list, abort and wait.
 
-Rows are checked through a separate PyMySQL connection, never through the client
-under test, so a client that lied about what it stored would be caught.
+Rows are checked through a separate connection (PyMySQL, or the sqlite3 module),
+never through the client under test, so a client that lied about what it stored
+would be caught. A contract test: every test runs on both backends (``store_dsn``).
 """
 
 from __future__ import annotations
@@ -9,12 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import pymysql
-import pymysql.cursors
 import pytest
 
 from taskman import (
@@ -29,8 +27,9 @@ from taskman import (
     ValidationError,
     WaitTimeoutError,
 )
-from taskman.dsn import parse_dsn
 from taskman.store import TaskStore
+from tests.integration.backends import db_now, payload_bytes
+from tests.integration.backends import raw as _raw
 
 FN = "demo.tasks:add"
 PLUGINS = {"demo": ["1.0"]}
@@ -39,27 +38,9 @@ PLUGINS = {"demo": ["1.0"]}
 # -- helpers: an independent view of the database --------------------------------
 
 
-@contextmanager
-def _raw(dsn: str) -> Iterator[pymysql.cursors.DictCursor]:
-    d = parse_dsn(dsn)
-    conn = pymysql.connect(
-        host=d.host,
-        port=d.port,
-        user=d.user,
-        password=d.password,
-        database=d.database,
-        autocommit=True,
-        cursorclass=pymysql.cursors.DictCursor,
-        ssl_disabled=True,
-        connect_timeout=5,
-        read_timeout=30,
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET time_zone = '+00:00'")
-            yield cur
-    finally:
-        conn.close()
+@pytest.fixture
+def dsn(store_dsn: str) -> str:
+    return store_dsn
 
 
 def _count(dsn: str, where: str = "1 = 1", args: Any = None) -> int:
@@ -71,12 +52,7 @@ def _count(dsn: str, where: str = "1 = 1", args: Any = None) -> int:
 
 
 def _db_now(dsn: str) -> datetime:
-    with _raw(dsn) as cur:
-        cur.execute("SELECT NOW(6) AS now")
-        row = cur.fetchone()
-        assert row is not None
-        now: datetime = row["now"]
-        return now.replace(tzinfo=UTC)
+    return db_now(dsn)
 
 
 def _claim(dsn: str, task_id: int, fence: int, node: str = "node-a") -> None:
@@ -501,13 +477,7 @@ def test_large_payload_round_trips_intact(client: Client, dsn: str) -> None:
     task = client.get(task_id)
     assert task.args == args
     assert task.kwargs == kwargs
-    with _raw(dsn) as cur:
-        cur.execute(
-            "SELECT LENGTH(args) + LENGTH(kwargs) AS size FROM tasks WHERE id = %s", (task_id,)
-        )
-        row = cur.fetchone()
-    assert row is not None
-    assert 900_000 < int(row["size"]) <= 1024 * 1024
+    assert 900_000 < payload_bytes(dsn, task_id) <= 1024 * 1024
     (listed,) = client.list()
     assert listed.args == args
 

@@ -1,7 +1,8 @@
-"""ScheduleStore and the leader's fire transaction against a real MariaDB.
+"""ScheduleStore and the leader's fire transaction against a real MariaDB and SQLite.
 
 The database's clock decides what is due, so these tests set it: MariaDB's
-``SET timestamp`` moves NOW(6) for the store's own session. Nothing is mocked.
+``SET timestamp`` moves NOW(6) for the store's own session; on SQLite the
+database object's ``clock`` does. A contract test: it runs on both (``store_dsn``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from taskman.schedules import (
     build_spec,
     tick_key,
 )
-from taskman.store import TaskStore
+from taskman.store import SQLiteDatabase, TaskStore
 from taskman.store.migrations import migrate, schema_fingerprint
 from taskman.store.schedules import Fired, ScheduleStore
 
@@ -45,9 +46,13 @@ class Clocked:
         assert self.tasks.take_leadership(ROLE, EPOCH, "test-leader")
 
     def at(self, moment: datetime) -> ScheduleStore:
-        self.store.db.execute("SET timestamp = %s", (moment.timestamp(),))
-        (row,) = self.store.db.query("SELECT NOW(6) AS now")
-        assert row["now"].replace(tzinfo=UTC) == moment  # the session really moved
+        db = self.store.db
+        if isinstance(db, SQLiteDatabase):
+            db.clock = lambda: moment
+        else:
+            db.execute("SET timestamp = %s", (moment.timestamp(),))
+        (row,) = db.query(db.q.NOW)
+        assert row["NOW(6)"].replace(tzinfo=UTC) == moment  # the session really moved
         return self.store
 
     def fire(self, name: str, moment: datetime, epoch: int = EPOCH) -> Fired | None:
@@ -55,6 +60,11 @@ class Clocked:
 
     def keys(self, name: str) -> list[str]:
         return [tick_key(name, t.tick) for t in self.store.tick_tasks(name)]
+
+
+@pytest.fixture
+def dsn(store_dsn: str) -> str:
+    return store_dsn
 
 
 @pytest.fixture

@@ -2,50 +2,31 @@
 
 Tokens are explicit numbers here (a node gets them from ZooKeeper). Rows are read
 through a separate connection, and "changes nothing" means the whole task row and
-every attempt row compare equal before and after.
+every attempt row compare equal before and after. A contract test: every test runs
+on MariaDB and on SQLite (``store_dsn``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pymysql
-import pymysql.cursors
 import pytest
 
 from taskman import Client, Outcome, TaskState
-from taskman.dsn import parse_dsn
 from taskman.store import RunningTask, TaskStore
+from tests.integration.backends import raw as _raw
+from tests.integration.backends import seconds_from_now, shift
 
 FN = "demo.tasks:add"
 PLUGINS = {"demo": ["1.0"]}
 DC = "dc1"
 
 
-@contextmanager
-def _raw(dsn: str) -> Iterator[pymysql.cursors.DictCursor]:
-    d = parse_dsn(dsn)
-    conn = pymysql.connect(
-        host=d.host,
-        port=d.port,
-        user=d.user,
-        password=d.password,
-        database=d.database,
-        autocommit=True,
-        cursorclass=pymysql.cursors.DictCursor,
-        ssl_disabled=True,
-        connect_timeout=5,
-        read_timeout=30,
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET time_zone = '+00:00'")
-            yield cur
-    finally:
-        conn.close()
+@pytest.fixture
+def dsn(store_dsn: str) -> str:
+    return store_dsn
 
 
 def _rows(dsn: str, task_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -479,10 +460,7 @@ def test_expire_due_is_leader_guarded(dsn: str, store: TaskStore) -> None:
         task_id = client.submit(
             FN, plugin="demo", not_after=datetime.now(UTC) + timedelta(milliseconds=300)
         )
-    with _raw(dsn) as cur:  # let not_after pass without sleeping: move it into the past
-        cur.execute(
-            "UPDATE tasks SET not_after = NOW(6) - INTERVAL 1 SECOND WHERE id = %s", (task_id,)
-        )
+    shift(dsn, task_id, "not_after", -1.0)  # let not_after pass without sleeping
     assert store.candidates(DC, PLUGINS, 10) == []
     assert store.claim(task_id, 0, 100, "n-a", DC, "1.0") is None
     assert store.take_leadership("reaper", 2, "a")
@@ -531,13 +509,7 @@ def test_finish_queued_requeues_after_the_retry_delay(
     (att,) = attempts
     assert att["outcome"] == "error"
     assert att["traceback"] == "Traceback ..."
-    with _raw(dsn) as cur:
-        cur.execute(
-            "SELECT run_after > NOW(6) + INTERVAL 50 SECOND AS later, "
-            "run_after <= NOW(6) + INTERVAL 61 SECOND AS bounded FROM tasks WHERE id = %s",
-            (task_id,),
-        )
-        assert cur.fetchone() == {"later": 1, "bounded": 1}
+    assert 50 < seconds_from_now(dsn, task_id, "run_after") <= 61
 
     # A node giving the attempt up (not the task's fault) counts a reclaim, not a failure,
     # and with no delay the task is due again at once.

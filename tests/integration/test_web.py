@@ -21,7 +21,7 @@ import pytest
 from taskman import Client, TaskState
 from taskman.cli import run
 from taskman.states import TaskState as State
-from taskman.store import Database
+from taskman.store import Database, make_database
 from taskman.store.dashboard import DashboardStore, TaskFilter
 from tests.browser.support import UIProcess
 
@@ -209,16 +209,29 @@ def _ids(store: DashboardStore, flt: TaskFilter, **kw: object) -> tuple[list[int
             return seen, pages
 
 
-def test_task_list_pages_reach_every_match_exactly_once(dsn: str) -> None:
-    """Keyset pages, id windows and time ordering against the truth from plain SQL."""
-    db = Database(dsn)
-    db.execute(
-        "INSERT INTO tasks (request_id, plugin, `function`, args, kwargs, run_after, max_attempts, "
-        "state, owner_datacenter, created_at) "
-        "SELECT MD5(seq), CONCAT('p', seq % 3), CONCAT('m:f', seq % 5), '[]', '{}', NOW(6), 1, "
-        "ELT(1 + seq % 4, 'queued', 'succeeded', 'failed', 'succeeded'), CONCAT('dc', seq % 2), "
-        "NOW(6) - INTERVAL (400 - seq) MINUTE FROM seq_1_to_400"
-    )
+_SQLITE_400_TASKS = (  # the same rows as the MariaDB statement, from a recursive CTE
+    "WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < 400) "
+    "INSERT INTO tasks (request_id, plugin, `function`, args, kwargs, run_after, max_attempts, "
+    "state, owner_datacenter, created_at) "
+    "SELECT hex(randomblob(16)), 'p' || (seq % 3), 'm:f' || (seq % 5), '[]', '{}', tm_now(), 1, "
+    "CASE seq % 4 WHEN 0 THEN 'queued' WHEN 2 THEN 'failed' ELSE 'succeeded' END, "
+    "'dc' || (seq % 2), tm_add_us(tm_now(), -60000000 * (400 - seq)) FROM s"
+)
+
+
+def test_task_list_pages_reach_every_match_exactly_once(store_dsn: str) -> None:
+    """Keyset pages, id windows and time ordering against the truth from plain SQL (both backends)."""
+    db = make_database(store_dsn)
+    if db.dialect == "sqlite":
+        db.execute(_SQLITE_400_TASKS)
+    else:
+        db.execute(
+            "INSERT INTO tasks (request_id, plugin, `function`, args, kwargs, run_after, "
+            "max_attempts, state, owner_datacenter, created_at) "
+            "SELECT MD5(seq), CONCAT('p', seq % 3), CONCAT('m:f', seq % 5), '[]', '{}', NOW(6), "
+            "1, ELT(1 + seq % 4, 'queued', 'succeeded', 'failed', 'succeeded'), "
+            "CONCAT('dc', seq % 2), NOW(6) - INTERVAL (400 - seq) MINUTE FROM seq_1_to_400"
+        )
     store = DashboardStore(db)
     rows = db.query("SELECT id, state, plugin, `function`, owner_datacenter, created_at FROM tasks")
     cases = [

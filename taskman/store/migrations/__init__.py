@@ -3,6 +3,11 @@
 An empty database gets ``schema.sql`` (the current schema) in one go; an older
 one gets each missing numbered migration in order. Both record the versions
 they cover in ``taskman_schema``, so ``migrate`` is idempotent.
+
+SQLite (embedded mode) has its own files: ``schema_sqlite.sql`` is MySQL version
+``SQLITE_BASELINE``, and a later version N needs ``NNNN_name.sqlite.sql`` beside
+``NNNN_name.sql``. Its whole migration is one transaction (DDL is transactional
+there), and BEGIN IMMEDIATE is the lock against a concurrent migrate.
 """
 
 from __future__ import annotations
@@ -12,13 +17,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import pymysql.cursors
-
 from taskman.errors import SchemaError
-from taskman.store import queries as q
-from taskman.store.connection import Database
+from taskman.store.backend import Cursor, StoreDatabase, make_database
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+SQLITE_BASELINE = 5  # the MySQL version schema_sqlite.sql equals
 
 
 @dataclass(frozen=True)
@@ -48,35 +51,38 @@ def statements(sql: str) -> list[str]:
     return [s.strip() for s in re.split(r";\s*$", "\n".join(lines), flags=re.M) if s.strip()]
 
 
-def applied_versions(db: Database) -> list[int]:
-    def fn(cur: pymysql.cursors.DictCursor) -> list[int]:
-        cur.execute(q.SCHEMA_TABLE_EXISTS)
-        row = cur.fetchone()
-        if not row or not next(iter(row.values())):
-            return []
-        cur.execute(q.SCHEMA_VERSIONS)
-        return [int(r["version"]) for r in cur.fetchall()]
+def applied_versions(db: StoreDatabase) -> list[int]:
+    return db.run(lambda cur: _versions(db, cur))
 
-    return db.run(fn)
+
+def _versions(db: StoreDatabase, cur: Cursor) -> list[int]:
+    cur.execute(db.q.SCHEMA_TABLE_EXISTS)
+    row = cur.fetchone()
+    if not row or not next(iter(row.values())):
+        return []
+    cur.execute(db.q.SCHEMA_VERSIONS)
+    return [int(r["version"]) for r in cur.fetchall()]
 
 
 def migrate(dsn: str, *, target: int | None = None) -> list[int]:
     """Bring the schema up to ``target`` (default: latest). Returns the versions applied now."""
     migrations = available()
     target = migrations[-1].version if target is None else target
-    db = Database(dsn)
+    db = make_database(dsn)
     try:
-        if not db.query(q.MIGRATION_LOCK)[0]["locked"]:
+        if db.dialect == "sqlite":
+            return _migrate_sqlite(db, migrations, target)
+        if not db.query(db.q.MIGRATION_LOCK)[0]["locked"]:
             raise SchemaError("another migration of this database has held its lock for 60 s")
         try:
             return _migrate_locked(db, migrations, target)
         finally:
-            db.query(q.MIGRATION_UNLOCK)
+            db.query(db.q.MIGRATION_UNLOCK)
     finally:
         db.close()
 
 
-def _migrate_locked(db: Database, migrations: list[Migration], target: int) -> list[int]:
+def _migrate_locked(db: StoreDatabase, migrations: list[Migration], target: int) -> list[int]:
     done = set(applied_versions(db))
     if done and max(done) > migrations[-1].version:
         raise SchemaError(
@@ -96,29 +102,64 @@ def _migrate_locked(db: Database, migrations: list[Migration], target: int) -> l
     return applied
 
 
-def _apply(db: Database, sql: list[str], versions: list[tuple[int, str]]) -> None:
+def _apply(db: StoreDatabase, sql: list[str], versions: list[tuple[int, str]]) -> None:
     # DDL commits implicitly in MySQL, so a migration is not atomic: each one is
     # small, and a failed run is repaired by running migrate again after the fix.
-    def fn(cur: pymysql.cursors.DictCursor) -> None:
+    def fn(cur: Cursor) -> None:
         for statement in sql:
             cur.execute(statement)
         for version, name in versions:
-            cur.execute(q.RECORD_VERSION, (version, name))
+            cur.execute(db.q.RECORD_VERSION, (version, name))
 
     db.run_once(fn)
 
 
+def _migrate_sqlite(db: StoreDatabase, migrations: list[Migration], target: int) -> list[int]:
+    def fn(cur: Cursor) -> list[int]:
+        done = set(_versions(db, cur))
+        if done and max(done) > migrations[-1].version:
+            raise SchemaError(
+                f"the database has schema version {max(done)}, newer than this taskman "
+                f"understands ({migrations[-1].version}); upgrade taskman"
+            )
+        applied: list[int] = []
+        if not done:
+            if target < SQLITE_BASELINE:
+                raise SchemaError(f"a SQLite database starts at schema version {SQLITE_BASELINE}")
+            schema = resources.files(__name__).joinpath("schema_sqlite.sql").read_text("utf-8")
+            for statement in statements(schema):
+                cur.execute(statement)
+            for m in migrations:
+                if m.version <= SQLITE_BASELINE:
+                    cur.execute(db.q.RECORD_VERSION, (m.version, m.name))
+                    applied.append(m.version)
+        for m in migrations:
+            if m.version <= SQLITE_BASELINE or m.version in done or m.version > target:
+                continue
+            twin = resources.files(__name__).joinpath(f"{m.version:04d}_{m.name}.sqlite.sql")
+            if not twin.is_file():
+                raise SchemaError(f"migration {m.version} ({m.name}) has no SQLite version")
+            for statement in statements(twin.read_text("utf-8")):
+                cur.execute(statement)
+            cur.execute(db.q.RECORD_VERSION, (m.version, m.name))
+            applied.append(m.version)
+        return applied
+
+    # The whole migration is one transaction, so a retry after SQLITE_BUSY is safe.
+    return db.run(fn)
+
+
 def schema_fingerprint(dsn: str) -> dict[str, Any]:
     """Every table's CREATE statement (auto-increment counters removed), for comparing schemas."""
-    db = Database(dsn)
+    db = make_database(dsn)
     try:
         tables = [
             r["table_name"] if "table_name" in r else r["TABLE_NAME"]
-            for r in db.query(q.LIST_TABLES)
+            for r in db.query(db.q.LIST_TABLES)
         ]
         out: dict[str, Any] = {}
         for table in tables:
-            row = db.query(q.SHOW_CREATE_TABLE.format(table=table))[0]
+            row = db.query(db.q.SHOW_CREATE_TABLE.format(table=table))[0]
             out[table] = re.sub(r" AUTO_INCREMENT=\d+", "", row["Create Table"])
         return out
     finally:

@@ -1,0 +1,253 @@
+"""What a node needs from its coordinator, and the two coordinators.
+
+``ZkCoordination`` is the real one: a ZooKeeper ensemble across datacenters.
+``LocalCoordination`` serves the embedded single-node mode (``taskman dev``): one
+process on one machine, so sessions cannot be lost, claims live in memory and
+die with the process, and the leader is always this node. Its tokens still only
+grow: they start above every fence and epoch already in the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.exceptions import KazooException
+from kazoo.recipe.watchers import DataWatch
+
+from taskman.cluster import membership
+from taskman.cluster.concurrency import BLOCKED_FOR, Cap, ConcurrencyGate
+from taskman.cluster.election import LeaderElection
+from taskman.cluster.layout import ClusterPaths, claim_name
+from taskman.cluster.lease import ClaimLease
+from taskman.cluster.zk import SessionMonitor, connect, ensure_namespace, wait, zk_security
+from taskman.config import NodeConfig
+from taskman.errors import CoordinationError
+from taskman.store import Candidate
+
+
+class ZkCoordination:
+    """Claims, membership, leadership and caps in a ZooKeeper ensemble."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.paths = ClusterPaths(config.cluster)
+        self.client = connect(
+            config.zookeeper, config.session_timeout, security=zk_security(config)
+        )
+        ensure_namespace(self.client, self.paths, insecure=config.insecure)
+        self.monitor = SessionMonitor(self.client, self.paths.nodes, config.session_timeout)
+        self.lease: Any = ClaimLease(self.client, self.paths, config.node_id)
+        self.gate: Any = ConcurrencyGate(self.client, self.paths, config.node_id)
+
+    def start(self) -> None:
+        self.monitor.start()
+
+    def election(self) -> Any:
+        return LeaderElection(self.client, self.paths, self.config.node_id)
+
+    def register(self, info: dict[str, Any], *, wait_for: float) -> None:
+        membership.register(self.client, self.paths, self.config.node_id, info, wait_for=wait_for)
+
+    def update(self, info: dict[str, Any]) -> None:
+        membership.update(self.client, self.paths, self.config.node_id, info)
+
+    def members(self) -> list[dict[str, Any]]:
+        return membership.members(self.client, self.paths)
+
+    def watch_drain(self, on_request: Callable[[], None]) -> None:
+        """`taskman node drain` creates drain/<node_id>; then ``on_request`` runs."""
+        path = self.paths.drain(self.config.node_id)
+        with contextlib.suppress(KazooException, CoordinationError):
+            wait(self.client.delete_async(path))  # a request addressed to an earlier run
+
+        def on_change(data: bytes | None, stat: Any) -> bool:
+            if stat is not None:
+                on_request()
+                return False
+            return True
+
+        DataWatch(self.client, path, on_change)
+
+    def close(self) -> None:
+        self.monitor.stop()
+        with contextlib.suppress(KazooException, CoordinationError):
+            membership.unregister(self.client, self.paths, self.config.node_id)
+        with contextlib.suppress(KazooException):
+            self.client.stop()
+            self.client.close()
+
+
+# -- the embedded coordinator -----------------------------------------------------
+
+
+class _Done:
+    """A finished call, shaped like the kazoo async results the node checks."""
+
+    exception: BaseException | None = None
+
+    def ready(self) -> bool:
+        return True
+
+    def successful(self) -> bool:
+        return True
+
+
+class _Tokens:
+    """Strictly growing tokens, starting above everything the database has seen."""
+
+    def __init__(self, floor: int) -> None:
+        self._next = itertools.count(floor + 1)
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            return next(self._next)
+
+
+class _LocalMonitor:
+    """One process cannot lose contact with itself."""
+
+    state = "CONNECTED"
+    session_id = 1
+
+    def __init__(self) -> None:
+        self.lost = threading.Event()  # never set
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def silence(self) -> float:
+        return 0.0
+
+    def healthy(self, within: float) -> bool:
+        return True
+
+
+class _LocalLease:
+    def __init__(self, tokens: _Tokens) -> None:
+        self._tokens = tokens
+        self._claims: set[str] = set()
+        self._lock = threading.Lock()
+
+    def acquire(self, task_id: int, attempt: int) -> int | None:
+        name = claim_name(task_id, attempt)
+        with self._lock:
+            if name in self._claims:
+                return None
+            self._claims.add(name)
+        return self._tokens.take()
+
+    def acquire_many(self, attempts: list[tuple[int, int]]) -> list[int | None]:
+        return [self.acquire(task_id, attempt) for task_id, attempt in attempts]
+
+    def release(self, task_id: int, attempt: int) -> None:
+        with self._lock:
+            self._claims.discard(claim_name(task_id, attempt))
+
+    def release_async(self, task_id: int, attempt: int) -> _Done:
+        self.release(task_id, attempt)
+        return _Done()
+
+    def live_claims(self) -> set[str]:
+        # Claims die with the process: after a restart, running rows have none and
+        # the reaper re-queues them at once.
+        with self._lock:
+            return set(self._claims)
+
+
+@dataclass
+class _Permit:
+    key: str
+
+
+class _LocalGate:
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._blocked: dict[str, tuple[float, Cap, tuple[str, str] | None]] = {}
+        self._lock = threading.Lock()
+
+    def try_acquire(self, cap: Cap, candidate: Candidate) -> _Permit | None:
+        with self._lock:
+            if self._held.get(cap.key, 0) < cap.limit:
+                self._held[cap.key] = self._held.get(cap.key, 0) + 1
+                return _Permit(cap.key)
+            pair = None if cap.by_key else (candidate.plugin, candidate.function)
+            self._blocked[cap.key] = (time.monotonic() + BLOCKED_FOR, cap, pair)
+            return None
+
+    def release(self, permit: _Permit) -> None:
+        with self._lock:
+            self._held[permit.key] = max(0, self._held.get(permit.key, 0) - 1)
+
+    def blocked(self) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+        now = time.monotonic()
+        with self._lock:
+            live = {k: v for k, v in self._blocked.items() if v[0] > now}
+            self._blocked = live
+        keys = frozenset(cap.key for _, cap, pair in live.values() if pair is None)
+        pairs = frozenset(pair for _, _, pair in live.values() if pair is not None)
+        return keys, pairs
+
+
+class _LocalElection:
+    def __init__(self, tokens: _Tokens, node_id: str) -> None:
+        self._tokens = tokens
+        self._node_id = node_id
+        self.epoch: int | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.epoch is not None
+
+    def try_acquire(self, timeout: float) -> int | None:
+        if self.epoch is None:
+            self.epoch = self._tokens.take()
+        return self.epoch
+
+    def resign(self) -> None:
+        self.epoch = None
+
+    def current_leader(self) -> str | None:
+        return self._node_id
+
+
+class LocalCoordination:
+    """The embedded coordinator: everything in this process, tokens above ``floor``."""
+
+    def __init__(self, config: NodeConfig, floor: int) -> None:
+        self.config = config
+        self._tokens = _Tokens(floor)
+        self.monitor: Any = _LocalMonitor()
+        self.lease: Any = _LocalLease(self._tokens)
+        self.gate: Any = _LocalGate()
+        self._info: dict[str, Any] = {}
+
+    def start(self) -> None:
+        pass
+
+    def election(self) -> Any:
+        return _LocalElection(self._tokens, self.config.node_id)
+
+    def register(self, info: dict[str, Any], *, wait_for: float) -> None:
+        self._info = dict(info)
+
+    def update(self, info: dict[str, Any]) -> None:
+        self._info = dict(info)
+
+    def members(self) -> list[dict[str, Any]]:
+        return [dict(self._info)] if self._info else []
+
+    def watch_drain(self, on_request: Callable[[], None]) -> None:
+        pass  # one process: SIGTERM drains it
+
+    def close(self) -> None:
+        self._info = {}

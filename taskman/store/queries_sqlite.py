@@ -1,0 +1,352 @@
+"""Every SQL statement taskman runs, by name, in SQLite's dialect (embedded mode).
+
+The same names and the same parameter order as ``queries.py``, so a store takes
+its statements from its database object (``db.q``) and runs either backend.
+Placeholders stay ``%s``: ``SQLiteDatabase`` turns them into ``?`` (no statement
+here holds another ``%``; LIKE patterns arrive as parameters). Fencing is the
+same as on MySQL: every write about an attempt names its task and its token.
+
+Time is TEXT in UTC, 'YYYY-MM-DD HH:MM:SS.ffffff' (fixed width, so text order is
+time order). SQLite's own clock has milliseconds only (strftime '%f') and
+julianday() resolves about 20 us, so ``SQLiteDatabase`` registers three
+functions on each connection:
+
+* ``tm_now()``: NOW(6). One value per statement, taken in Python with
+  microseconds, like MySQL's NOW(6) which is fixed for a statement.
+* ``tm_add_us(t, us)``: ``t + INTERVAL us MICROSECOND`` (seconds: ``us * 1e6``).
+* ``tm_diff_us(a, b)``: TIMESTAMPDIFF(MICROSECOND, a, b).
+
+The schema (schema_sqlite.sql) uses only built-in functions, so the file stays
+writable from the sqlite3 shell.
+"""
+
+from __future__ import annotations
+
+# -- sessions (SQLiteDatabase applies its PRAGMAs itself; these exist for parity) -----------
+SESSION_SETUP = "PRAGMA foreign_keys = ON"
+SESSION_GALERA_SYNC = "SELECT 1"
+HAS_WSREP = "SELECT 'wsrep_on' AS Variable_name, 'OFF' AS Value"
+NOW = "SELECT tm_now() AS `NOW(6)`"
+
+# -- migrations -------------------------------------------------------------
+# A migration runs in one BEGIN IMMEDIATE transaction, which is the lock.
+MIGRATION_LOCK = "SELECT 1 AS locked"
+MIGRATION_UNLOCK = "SELECT 1"
+SCHEMA_TABLE_EXISTS = (
+    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'taskman_schema'"
+)
+SCHEMA_VERSIONS = "SELECT version FROM taskman_schema ORDER BY version"
+RECORD_VERSION = "INSERT INTO taskman_schema (version, name, applied_at) VALUES (%s, %s, tm_now())"
+LIST_TABLES = (
+    "SELECT name AS table_name FROM sqlite_master "
+    "WHERE type = 'table' AND name NOT GLOB 'sqlite_*' ORDER BY name"
+)
+SHOW_CREATE_TABLE = (  # table names come from LIST_TABLES
+    "SELECT sql AS `Create Table` FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+)
+
+# -- client -----------------------------------------------------------------
+TASK_COLUMNS = (
+    "id, request_id, idempotency_key, plugin, plugin_version, `function`, args, kwargs, "
+    "priority, datacenter, not_before, not_after, run_after, timeout_seconds, max_attempts, "
+    "retry_backoff_seconds, limits, concurrency_key, concurrency_limit, state, fence, owner, "
+    "owner_datacenter, attempt, failures, reclaims, "
+    "heartbeat_at, progress, progress_message, abort_requested, result, error_type, "
+    "error_message, created_at, started_at, finished_at, updated_at"
+)
+
+# created_at/updated_at are set here, not by DEFAULT: the schema's defaults only
+# have SQLite's millisecond clock.
+INSERT_TASK = (
+    "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
+    "kwargs, priority, datacenter, not_before, not_after, run_after, timeout_seconds, "
+    "max_attempts, retry_backoff_seconds, limits, concurrency_key, concurrency_limit, state, "
+    "created_at, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, MAX(tm_now(), COALESCE(%s, tm_now())), "
+    "%s, %s, %s, %s, %s, %s, 'queued', tm_now(), tm_now())"
+)
+TASK_BY_REQUEST_ID = "SELECT id FROM tasks WHERE request_id = %s"
+TASK_BY_IDEMPOTENCY_KEY = (
+    "SELECT id, plugin, plugin_version, `function`, args, kwargs FROM tasks "
+    "WHERE idempotency_key = %s"
+)
+GET_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s"
+GET_ATTEMPTS = (
+    "SELECT task_id, attempt, fence, node, datacenter, plugin_version, started_at, ended_at, "
+    "outcome, error_type, error_message, traceback, output_tail "
+    "FROM attempts WHERE task_id = %s ORDER BY attempt"
+)
+LIST_TASKS = f"SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1"
+LIST_FILTERS = {
+    "state": " AND state = %s",
+    "plugin": " AND plugin = %s",
+    "before_id": " AND id < %s",
+    "created_after": " AND created_at >= %s",
+}
+LIST_ORDER = " ORDER BY id DESC LIMIT %s"
+COUNT_BY_STATE = "SELECT state, COUNT(*) FROM tasks GROUP BY state"
+
+ABORT_QUEUED = (
+    "UPDATE tasks SET state = 'aborted', abort_requested = 1, finished_at = tm_now(), "
+    "error_type = 'Aborted', error_message = 'aborted before it started' "
+    "WHERE id = %s AND state = 'queued'"
+)
+ABORT_RUNNING = "UPDATE tasks SET abort_requested = 1 WHERE id = %s AND state = 'running'"
+RETRY_TASK = (
+    "UPDATE tasks SET state = 'queued', run_after = tm_now(), not_after = NULL, failures = 0, "
+    "reclaims = 0, abort_requested = 0, owner = NULL, owner_datacenter = NULL, result = NULL, "
+    "error_type = NULL, error_message = NULL, progress = NULL, progress_message = NULL, "
+    "finished_at = NULL WHERE id = %s AND state IN ('failed', 'aborted', 'expired')"
+)
+TASK_STATE = "SELECT state, fence, attempt, owner, abort_requested FROM tasks WHERE id = %s"
+# The largest token the database holds (fences and leader epochs): a local
+# coordinator starts above it after a restart, so tokens only grow.
+HIGHEST_FENCE_OR_EPOCH = (
+    "SELECT MAX(COALESCE((SELECT MAX(fence) FROM tasks), 0), "
+    "COALESCE((SELECT MAX(fence) FROM attempts), 0), "
+    "COALESCE((SELECT MAX(epoch) FROM leadership), 0)) AS token"
+)
+
+# -- node: claims -----------------------------------------------------------
+# No FORCE INDEX: SQLite's planner picks tasks_claim for this shape by itself.
+CANDIDATES = (
+    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit "
+    "FROM tasks "
+    "WHERE state = 'queued' AND run_after <= tm_now() "
+    "AND (not_after IS NULL OR not_after > tm_now()) "
+    "AND (datacenter IS NULL OR datacenter = %s) "
+    "AND ({plugins}){blocked} "
+    "ORDER BY priority DESC, run_after, id LIMIT %s"
+)
+CANDIDATE_BLOCKED_KEYS = " AND (concurrency_key IS NULL OR concurrency_key NOT IN ({keys}))"
+# SQLite's row-value IN needs a subquery on the right: VALUES makes one of the list.
+CANDIDATE_BLOCKED_FUNCTIONS = " AND (plugin, `function`) NOT IN (VALUES {pairs})"
+CANDIDATE_PLUGIN_TERM = (
+    "(plugin = %s AND (plugin_version IS NULL OR plugin_version IN ({versions})))"
+)
+
+CLAIM = (
+    "UPDATE tasks SET state = 'running', fence = %s, owner = %s, owner_datacenter = %s, "
+    "attempt = attempt + 1, heartbeat_at = tm_now(), started_at = COALESCE(started_at, tm_now()), "
+    "progress = NULL, progress_message = NULL "
+    "WHERE id = %s AND state = 'queued' AND attempt = %s AND fence < %s "
+    "AND (not_after IS NULL OR not_after > tm_now())"
+)
+INSERT_ATTEMPT = (
+    "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version, started_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, tm_now())"
+)
+CLAIMED_TASK = (
+    "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
+    "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
+    "tm_diff_us(run_after, tm_now()) AS wait_us "
+    "FROM tasks WHERE id = %s"
+)
+
+# -- node: fenced writes about a running attempt ------------------------------
+HEARTBEAT = (
+    "UPDATE tasks SET heartbeat_at = tm_now() WHERE id = %s AND fence = %s AND state = 'running'"
+)
+RUNNING_STATUS = "SELECT id, fence, state, abort_requested FROM tasks WHERE id IN ({ids})"
+PROGRESS = (
+    "UPDATE tasks SET progress = %s, progress_message = %s, heartbeat_at = tm_now() "
+    "WHERE id = %s AND fence = %s AND state = 'running'"
+)
+FINISH_SUCCEEDED = (
+    "UPDATE tasks SET state = 'succeeded', result = %s, progress = 1.0, finished_at = tm_now(), "
+    "error_type = NULL, error_message = NULL "
+    "WHERE id = %s AND fence = %s AND state = 'running'"
+)
+FINISH_RETRY = (
+    "UPDATE tasks SET state = 'queued', failures = failures + %s, reclaims = reclaims + %s, "
+    "owner = NULL, "
+    "owner_datacenter = NULL, run_after = tm_add_us(tm_now(), %s), "
+    "error_type = %s, error_message = %s "
+    "WHERE id = %s AND fence = %s AND state = 'running'"
+)
+FINISH_FAILED = (
+    "UPDATE tasks SET state = %s, failures = failures + %s, finished_at = tm_now(), "
+    "error_type = %s, error_message = %s "
+    "WHERE id = %s AND fence = %s AND state = 'running'"
+)
+END_ATTEMPT = (
+    "UPDATE attempts SET ended_at = tm_now(), outcome = %s, error_type = %s, "
+    "error_message = %s, traceback = %s, output_tail = %s "
+    "WHERE task_id = %s AND attempt = %s AND fence = %s AND outcome = 'running'"
+)
+
+# -- leader -----------------------------------------------------------------
+# SQLite evaluates every SET expression on the old row (MySQL goes left to right);
+# each one here reads only the old epoch, so both give the same row.
+TAKE_LEADERSHIP = (
+    "INSERT INTO leadership (name, epoch, node, since) VALUES (%s, %s, %s, tm_now()) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    "node = CASE WHEN epoch < excluded.epoch THEN excluded.node ELSE node END, "
+    "since = CASE WHEN epoch < excluded.epoch THEN tm_now() ELSE since END, "
+    "epoch = MAX(epoch, excluded.epoch)"
+)
+LEADERSHIP = "SELECT epoch, node FROM leadership WHERE name = %s"
+LEADER_GUARD = " AND EXISTS (SELECT 1 FROM leadership WHERE name = %s AND epoch = %s)"
+RUNNING_TASKS = (
+    "SELECT id, attempt, fence, owner, heartbeat_at, reclaims FROM tasks "
+    "WHERE state = 'running' ORDER BY id"
+)
+RECLAIM = (
+    "UPDATE tasks SET state = 'queued', reclaims = reclaims + 1, owner = NULL, "
+    "owner_datacenter = NULL, run_after = tm_now(), error_type = %s, error_message = %s "
+    "WHERE id = %s AND fence = %s AND attempt = %s AND state = 'running'" + LEADER_GUARD
+)
+RECLAIM_GIVE_UP = (
+    "UPDATE tasks SET state = 'failed', reclaims = reclaims + 1, finished_at = tm_now(), "
+    "error_type = %s, error_message = %s "
+    "WHERE id = %s AND fence = %s AND attempt = %s AND state = 'running'" + LEADER_GUARD
+)
+END_LOST_ATTEMPT = (
+    "UPDATE attempts SET ended_at = tm_now(), outcome = %s, error_type = %s, error_message = %s "
+    "WHERE task_id = %s AND attempt = %s AND fence = %s AND outcome = 'running'"
+)
+# Debian's SQLite has no UPDATE/DELETE ... LIMIT: the batch is a subquery of ids.
+EXPIRE_DUE = (
+    "UPDATE tasks SET state = 'expired', finished_at = tm_now(), error_type = 'Expired', "
+    "error_message = 'not_after passed before the task started' "
+    "WHERE id IN (SELECT id FROM tasks "
+    "WHERE state = 'queued' AND not_after IS NOT NULL AND not_after <= tm_now()"
+    + LEADER_GUARD
+    + " LIMIT %s)"
+)
+PRUNE_BATCH = (
+    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks "
+    "WHERE state = %s AND finished_at < tm_add_us(tm_now(), -1000000.0 * %s)"
+    + LEADER_GUARD
+    + " LIMIT %s)"
+)
+PRUNE_COUNT = (
+    "SELECT COUNT(*) AS n FROM tasks "
+    "WHERE state = %s AND finished_at < tm_add_us(tm_now(), -1000000.0 * %s)"
+)
+QUEUED_PLUGINS = (
+    "SELECT plugin, plugin_version, MIN(created_at) FROM tasks WHERE state = 'queued' "
+    "GROUP BY plugin, plugin_version"
+)
+FAIL_UNRUNNABLE = (
+    "UPDATE tasks SET state = 'failed', finished_at = tm_now(), error_type = 'PluginError', "
+    "error_message = %s "
+    "WHERE state = 'queued' AND plugin = %s AND plugin_version IS %s "
+    "AND created_at <= tm_add_us(tm_now(), -1000000.0 * %s)" + LEADER_GUARD
+)
+
+# -- schedules ------------------------------------------------------------------------------
+SCHEDULE_COLUMNS = (
+    "name, plugin, plugin_version, `function`, args, kwargs, cron, timezone, every_seconds, "
+    "priority, timeout_seconds, max_attempts, retry_backoff_seconds, datacenter, misfire, "
+    "max_catch_up, misfire_grace_seconds, overlap, paused, next_tick, last_tick, last_task_id, "
+    "ticks_fired, ticks_skipped, created_at, updated_at"
+)
+GET_SCHEDULE = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = %s"
+# No FOR UPDATE: every read-write transaction is BEGIN IMMEDIATE, so it already
+# holds the database's one write lock when it reads.
+LOCK_SCHEDULE = GET_SCHEDULE
+LIST_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
+INSERT_SCHEDULE = (
+    "INSERT INTO schedules (name, plugin, plugin_version, `function`, args, kwargs, cron, "
+    "timezone, every_seconds, priority, timeout_seconds, max_attempts, retry_backoff_seconds, "
+    "datacenter, misfire, max_catch_up, misfire_grace_seconds, overlap, paused, next_tick, "
+    "created_at, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+    "tm_now(), tm_now())"
+)
+REPLACE_SCHEDULE = (
+    "UPDATE schedules SET plugin = %s, plugin_version = %s, `function` = %s, args = %s, "
+    "kwargs = %s, cron = %s, timezone = %s, every_seconds = %s, priority = %s, "
+    "timeout_seconds = %s, max_attempts = %s, retry_backoff_seconds = %s, datacenter = %s, "
+    "misfire = %s, max_catch_up = %s, misfire_grace_seconds = %s, overlap = %s, next_tick = %s "
+    "WHERE name = %s"
+)
+PAUSE_SCHEDULE = "UPDATE schedules SET paused = 1 WHERE name = %s"
+RESUME_SCHEDULE = "UPDATE schedules SET paused = 0, next_tick = %s WHERE name = %s AND paused = 1"
+DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = %s"
+DUE_SCHEDULES = (
+    "SELECT name FROM schedules "
+    "WHERE paused = 0 AND next_tick <= tm_now() ORDER BY next_tick LIMIT %s"
+)
+ADVANCE_SCHEDULE = (
+    "UPDATE schedules SET next_tick = %s, last_tick = COALESCE(%s, last_tick), "
+    "last_task_id = COALESCE(%s, last_task_id), ticks_fired = ticks_fired + %s, "
+    "ticks_skipped = ticks_skipped + %s "
+    "WHERE name = %s AND next_tick = %s AND paused = 0" + LEADER_GUARD
+)
+INSERT_TICK_TASK = (
+    "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
+    "kwargs, priority, datacenter, run_after, timeout_seconds, max_attempts, "
+    "retry_backoff_seconds, state, created_at, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, tm_now(), %s, %s, %s, 'queued', "
+    "tm_now(), tm_now())"
+)
+TASK_ID_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = %s"
+# MySQL's LIKE escapes with a backslash by default; SQLite needs ESCAPE. The
+# connection sets case_sensitive_like, as utf8mb4_bin compares on MySQL.
+TICK_TASKS = (
+    "SELECT id, idempotency_key, state, created_at FROM tasks "
+    "WHERE idempotency_key LIKE %s ESCAPE '\\' ORDER BY idempotency_key"
+)
+
+# -- web UI (read-only) -------------------------------------------------------------------------
+UI_ROW_COLUMNS = (
+    "id, state, plugin, plugin_version, `function`, datacenter, owner, owner_datacenter, "
+    "attempt, max_attempts, failures, reclaims, progress, progress_message, abort_requested, "
+    "idempotency_key, error_type, error_message, created_at, started_at, finished_at"
+)
+UI_LIST = f"SELECT {UI_ROW_COLUMNS} FROM tasks WHERE 1 = 1"
+UI_LIST_BY_TIME = UI_LIST
+UI_FILTERS = {
+    "state": " AND state = %s",
+    "plugin": " AND plugin = %s",
+    "function": " AND `function` = %s",
+    "datacenter": " AND (owner_datacenter = %s OR datacenter = %s)",
+    "since": " AND created_at >= %s",
+    "until": " AND created_at < %s",
+    "id_below": " AND id < %s",
+    "id_from": " AND id >= %s",
+    "time_cursor": " AND (created_at < %s OR (created_at = %s AND id < %s))",
+    "id_is": " AND id = %s",
+    "key_is": " AND idempotency_key = %s",
+    "key_prefix": " AND idempotency_key LIKE %s ESCAPE '\\'",
+}
+UI_ORDER_ID = " ORDER BY id DESC LIMIT %s"
+UI_ORDER_TIME = " ORDER BY created_at DESC, id DESC LIMIT %s"
+UI_ORDER_KEY = " ORDER BY idempotency_key LIMIT %s"
+UI_MAX_ID = "SELECT MAX(id) AS id FROM tasks"
+UI_CREATED_AT = "SELECT created_at FROM tasks WHERE id = %s"
+# Integer division truncates toward zero, like TIMESTAMPDIFF(SECOND, ...) DIV n.
+UI_THROUGHPUT = (
+    "SELECT tm_diff_us(finished_at, tm_now()) / 1000000 / %s AS bucket, state, COUNT(*) AS n "
+    "FROM tasks WHERE state IN ('succeeded', 'failed', 'aborted', 'expired') "
+    "AND finished_at >= tm_add_us(tm_now(), -1000000 * %s) GROUP BY bucket, state"
+)
+UI_RUNNING_OWNERS = (
+    "SELECT owner, owner_datacenter, COUNT(*) AS n FROM tasks WHERE state = 'running' "
+    "GROUP BY owner, owner_datacenter"
+)
+UI_LEADERSHIP = "SELECT epoch, node, since FROM leadership WHERE name = 'reaper'"
+
+# Columns (result names) that hold times: SQLiteDatabase returns them as naive
+# UTC datetimes, as PyMySQL does for DATETIME.
+DATETIME_COLUMNS = frozenset(
+    {
+        "not_before",
+        "not_after",
+        "run_after",
+        "heartbeat_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+        "ended_at",
+        "since",
+        "applied_at",
+        "next_tick",
+        "last_tick",
+        "NOW(6)",
+        "MIN(created_at)",
+    }
+)

@@ -1,0 +1,139 @@
+"""Embedded mode: `taskman dev` on SQLite, as a real process, with no MySQL or ZooKeeper."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from taskman import Client, Outcome, TaskState
+from taskman.cli.exitcodes import Exit
+from taskman.lab import free_port
+from tests.integration.cluster_support import wait_state, wait_until
+
+
+class Dev:
+    def __init__(self, db: Path, port: int) -> None:
+        self.db, self.port = db, port
+        self.log = db.with_suffix(".log")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMAN_")}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "taskman",
+                    "dev",
+                    "--db",
+                    str(db),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=db.parent,
+            )
+        wait_until(self._ready, 30, "taskman dev to serve its UI", interval=0.1)
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"taskman dev exited: {self.log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    instance = Dev(tmp_path / "dev.sqlite3", free_port())
+    yield instance
+    instance.stop()
+
+
+def test_dev_runs_tasks_with_progress_abort_and_failures(dev: Dev) -> None:
+    with Client(f"sqlite:///{dev.db}") as client:
+        ok = client.submit("demo.tasks:add", plugin="demo", args=(2, 3))
+        bad = client.submit("demo.tasks:fail", plugin="demo", max_attempts=2, retry_backoff=0)
+        slow = client.submit("demo.tasks:sleep", plugin="demo", args=(30,))
+        assert wait_state(client, ok, TaskState.SUCCEEDED).result == 5
+        failed = wait_state(client, bad, TaskState.FAILED)
+        assert [a.outcome for a in failed.attempts] == [Outcome.ERROR, Outcome.ERROR]
+        assert "ValueError: boom" in (failed.attempts[0].traceback or "")
+        wait_until(lambda: (client.get(slow).progress or 0) > 0, 10, "progress")
+        assert client.abort(slow) is TaskState.RUNNING
+        aborted = wait_state(client, slow, TaskState.ABORTED, timeout=15)
+        assert aborted.attempts[0].outcome is Outcome.ABORTED
+    page = urllib.request.urlopen(f"http://127.0.0.1:{dev.port}/").read().decode()
+    assert "dev" in page and "local" in page
+
+
+def test_a_second_dev_on_the_same_file_is_refused(dev: Dev) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskman",
+            "dev",
+            "--db",
+            str(dev.db),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == Exit.CONFIG
+    assert "already used by taskman dev" in result.stderr
+
+
+def test_work_of_a_killed_dev_is_reclaimed_with_a_larger_token(tmp_path: Path) -> None:
+    db = tmp_path / "dev.sqlite3"
+    first = Dev(db, free_port())
+    with Client(f"sqlite:///{db}") as client:
+        task_id = client.submit("demo.tasks:sleep", plugin="demo", args=(2,))
+        running = wait_state(client, task_id, TaskState.RUNNING)
+        first.process.kill()
+        first.process.wait()
+        time.sleep(0.5)
+        second = Dev(db, free_port())
+        try:
+            done = wait_state(client, task_id, TaskState.SUCCEEDED, timeout=30)
+        finally:
+            second.stop()
+    assert done.attempts[0].outcome is Outcome.NODE_LOST
+    assert done.attempts[-1].fence > running.fence
+
+
+def test_schedules_tick_in_embedded_mode(dev: Dev) -> None:
+    with Client(f"sqlite:///{dev.db}") as client:
+        client.add_schedule("every-second", "demo.tasks:add", plugin="demo", every=1, args=(1, 1))
+        tasks = wait_until(
+            lambda: (found := client.list(plugin="demo")) and len(found) >= 3 and found,
+            15,
+            "three ticks to become tasks",
+        )
+        for task in tasks[:3]:
+            assert (task.idempotency_key or "").startswith("schedule:every-second:")
+        assert len({t.idempotency_key for t in tasks}) == len(tasks)  # one task per tick
+        assert wait_state(client, tasks[-1].id, TaskState.SUCCEEDED).result == 2
