@@ -25,6 +25,7 @@ class PluginRegistry:
         A broken manifest is reported and skipped; the other plugins still load.
         """
         registry = cls()
+        seen: set[Path] = set()  # overlapping directories name the same manifest twice
         for base in directories:
             if not base.is_dir():
                 registry._problem(f"{base}: plugin directory does not exist")
@@ -33,6 +34,9 @@ class PluginRegistry:
             if (base / MANIFEST).is_file():
                 manifests.insert(0, base / MANIFEST)
             for manifest in manifests:
+                if manifest.resolve() in seen:
+                    continue
+                seen.add(manifest.resolve())
                 try:
                     registry.add(load_manifest(manifest.parent))
                 except PluginError as exc:

@@ -365,3 +365,10 @@ def test_user_and_group_resolve_to_ids(tmp_path: Path) -> None:
 def test_bad_run_as_settings(tmp_path: Path, extra: str, message: str) -> None:
     with pytest.raises(PluginError, match=message):
         load_manifest(make_plugin(tmp_path, "p", extra=extra, allow_root=False))
+
+
+def test_overlapping_directories_load_each_manifest_once(tmp_path: Path) -> None:
+    make_plugin(tmp_path / "outer", "inner", name="inner")
+    registry = PluginRegistry.scan([tmp_path / "outer", tmp_path / "outer" / "inner", tmp_path])
+    assert registry.available() == {"inner": ["1.0"]}
+    assert registry.problems == []
