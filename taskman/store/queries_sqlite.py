@@ -22,6 +22,47 @@ writable from the sqlite3 shell.
 
 from __future__ import annotations
 
+# Statements that read the same in both dialects are MySQL's own, not copies.
+from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads them from here
+    ABORT_RUNNING,
+    ADVANCE_SCHEDULE,
+    CANDIDATE_BLOCKED_KEYS,
+    CANDIDATE_PLUGIN_TERM,
+    COUNT_BY_STATE,
+    DELETE_SCHEDULE,
+    GET_ATTEMPTS,
+    GET_SCHEDULE,
+    GET_TASK,
+    LEADER_GUARD,
+    LEADERSHIP,
+    LIST_FILTERS,
+    LIST_ORDER,
+    LIST_SCHEDULES,
+    LIST_TASKS,
+    PAUSE_SCHEDULE,
+    QUEUED_PLUGINS,
+    REPLACE_SCHEDULE,
+    RESUME_SCHEDULE,
+    RUNNING_STATUS,
+    RUNNING_TASKS,
+    SCHEDULE_COLUMNS,
+    SCHEMA_VERSIONS,
+    TASK_BY_IDEMPOTENCY_KEY,
+    TASK_BY_REQUEST_ID,
+    TASK_COLUMNS,
+    TASK_ID_BY_KEY,
+    TASK_STATE,
+    UI_CREATED_AT,
+    UI_LEADERSHIP,
+    UI_LIST,
+    UI_MAX_ID,
+    UI_ORDER_ID,
+    UI_ORDER_KEY,
+    UI_ORDER_TIME,
+    UI_ROW_COLUMNS,
+    UI_RUNNING_OWNERS,
+)
+
 # -- sessions (SQLiteDatabase applies its PRAGMAs itself; these exist for parity) -----------
 SESSION_SETUP = "PRAGMA foreign_keys = ON"
 SESSION_GALERA_SYNC = "SELECT 1"
@@ -35,7 +76,6 @@ MIGRATION_UNLOCK = "SELECT 1"
 SCHEMA_TABLE_EXISTS = (
     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'taskman_schema'"
 )
-SCHEMA_VERSIONS = "SELECT version FROM taskman_schema ORDER BY version"
 RECORD_VERSION = "INSERT INTO taskman_schema (version, name, applied_at) VALUES (%s, %s, tm_now())"
 LIST_TABLES = (
     "SELECT name AS table_name FROM sqlite_master "
@@ -46,14 +86,6 @@ SHOW_CREATE_TABLE = (  # table names come from LIST_TABLES
 )
 
 # -- client -----------------------------------------------------------------
-TASK_COLUMNS = (
-    "id, request_id, idempotency_key, plugin, plugin_version, `function`, args, kwargs, "
-    "priority, datacenter, not_before, not_after, run_after, timeout_seconds, max_attempts, "
-    "retry_backoff_seconds, limits, concurrency_key, concurrency_limit, state, fence, owner, "
-    "owner_datacenter, attempt, failures, reclaims, "
-    "heartbeat_at, progress, progress_message, abort_requested, result, error_type, "
-    "error_message, created_at, started_at, finished_at, updated_at"
-)
 
 # created_at/updated_at are set here, not by DEFAULT: the schema's defaults only
 # have SQLite's millisecond clock.
@@ -65,40 +97,18 @@ INSERT_TASK = (
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, MAX(tm_now(), COALESCE(%s, tm_now())), "
     "%s, %s, %s, %s, %s, %s, 'queued', tm_now(), tm_now())"
 )
-TASK_BY_REQUEST_ID = "SELECT id FROM tasks WHERE request_id = %s"
-TASK_BY_IDEMPOTENCY_KEY = (
-    "SELECT id, plugin, plugin_version, `function`, args, kwargs FROM tasks "
-    "WHERE idempotency_key = %s"
-)
-GET_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s"
-GET_ATTEMPTS = (
-    "SELECT task_id, attempt, fence, node, datacenter, plugin_version, started_at, ended_at, "
-    "outcome, error_type, error_message, traceback, output_tail "
-    "FROM attempts WHERE task_id = %s ORDER BY attempt"
-)
-LIST_TASKS = f"SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1"
-LIST_FILTERS = {
-    "state": " AND state = %s",
-    "plugin": " AND plugin = %s",
-    "before_id": " AND id < %s",
-    "created_after": " AND created_at >= %s",
-}
-LIST_ORDER = " ORDER BY id DESC LIMIT %s"
-COUNT_BY_STATE = "SELECT state, COUNT(*) FROM tasks GROUP BY state"
 
 ABORT_QUEUED = (
     "UPDATE tasks SET state = 'aborted', abort_requested = 1, finished_at = tm_now(), "
     "error_type = 'Aborted', error_message = 'aborted before it started' "
     "WHERE id = %s AND state = 'queued'"
 )
-ABORT_RUNNING = "UPDATE tasks SET abort_requested = 1 WHERE id = %s AND state = 'running'"
 RETRY_TASK = (
     "UPDATE tasks SET state = 'queued', run_after = tm_now(), not_after = NULL, failures = 0, "
     "reclaims = 0, abort_requested = 0, owner = NULL, owner_datacenter = NULL, result = NULL, "
     "error_type = NULL, error_message = NULL, progress = NULL, progress_message = NULL, "
     "finished_at = NULL WHERE id = %s AND state IN ('failed', 'aborted', 'expired')"
 )
-TASK_STATE = "SELECT state, fence, attempt, owner, abort_requested FROM tasks WHERE id = %s"
 # The largest token the database holds (fences and leader epochs): a local
 # coordinator starts above it after a restart, so tokens only grow.
 HIGHEST_FENCE_OR_EPOCH = (
@@ -118,12 +128,8 @@ CANDIDATES = (
     "AND ({plugins}){blocked} "
     "ORDER BY priority DESC, run_after, id LIMIT %s"
 )
-CANDIDATE_BLOCKED_KEYS = " AND (concurrency_key IS NULL OR concurrency_key NOT IN ({keys}))"
 # SQLite's row-value IN needs a subquery on the right: VALUES makes one of the list.
 CANDIDATE_BLOCKED_FUNCTIONS = " AND (plugin, `function`) NOT IN (VALUES {pairs})"
-CANDIDATE_PLUGIN_TERM = (
-    "(plugin = %s AND (plugin_version IS NULL OR plugin_version IN ({versions})))"
-)
 
 CLAIM = (
     "UPDATE tasks SET state = 'running', fence = %s, owner = %s, owner_datacenter = %s, "
@@ -147,7 +153,6 @@ CLAIMED_TASK = (
 HEARTBEAT = (
     "UPDATE tasks SET heartbeat_at = tm_now() WHERE id = %s AND fence = %s AND state = 'running'"
 )
-RUNNING_STATUS = "SELECT id, fence, state, abort_requested FROM tasks WHERE id IN ({ids})"
 PROGRESS = (
     "UPDATE tasks SET progress = %s, progress_message = %s, heartbeat_at = tm_now() "
     "WHERE id = %s AND fence = %s AND state = 'running'"
@@ -185,12 +190,6 @@ TAKE_LEADERSHIP = (
     "since = CASE WHEN epoch < excluded.epoch THEN tm_now() ELSE since END, "
     "epoch = MAX(epoch, excluded.epoch)"
 )
-LEADERSHIP = "SELECT epoch, node FROM leadership WHERE name = %s"
-LEADER_GUARD = " AND EXISTS (SELECT 1 FROM leadership WHERE name = %s AND epoch = %s)"
-RUNNING_TASKS = (
-    "SELECT id, attempt, fence, owner, heartbeat_at, reclaims FROM tasks "
-    "WHERE state = 'running' ORDER BY id"
-)
 RECLAIM = (
     "UPDATE tasks SET state = 'queued', reclaims = reclaims + 1, owner = NULL, "
     "owner_datacenter = NULL, run_after = tm_now(), error_type = %s, error_message = %s "
@@ -224,10 +223,6 @@ PRUNE_COUNT = (
     "SELECT COUNT(*) AS n FROM tasks "
     "WHERE state = %s AND finished_at < tm_add_us(tm_now(), -1000000.0 * %s)"
 )
-QUEUED_PLUGINS = (
-    "SELECT plugin, plugin_version, MIN(created_at) FROM tasks WHERE state = 'queued' "
-    "GROUP BY plugin, plugin_version"
-)
 FAIL_UNRUNNABLE = (
     "UPDATE tasks SET state = 'failed', finished_at = tm_now(), error_type = 'PluginError', "
     "error_message = %s "
@@ -236,17 +231,9 @@ FAIL_UNRUNNABLE = (
 )
 
 # -- schedules ------------------------------------------------------------------------------
-SCHEDULE_COLUMNS = (
-    "name, plugin, plugin_version, `function`, args, kwargs, cron, timezone, every_seconds, "
-    "priority, timeout_seconds, max_attempts, retry_backoff_seconds, datacenter, misfire, "
-    "max_catch_up, misfire_grace_seconds, overlap, paused, next_tick, last_tick, last_task_id, "
-    "ticks_fired, ticks_skipped, created_at, updated_at"
-)
-GET_SCHEDULE = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = %s"
 # No FOR UPDATE: every read-write transaction is BEGIN IMMEDIATE, so it already
 # holds the database's one write lock when it reads.
 LOCK_SCHEDULE = GET_SCHEDULE
-LIST_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
 INSERT_SCHEDULE = (
     "INSERT INTO schedules (name, plugin, plugin_version, `function`, args, kwargs, cron, "
     "timezone, every_seconds, priority, timeout_seconds, max_attempts, retry_backoff_seconds, "
@@ -255,25 +242,9 @@ INSERT_SCHEDULE = (
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
     "tm_now(), tm_now())"
 )
-REPLACE_SCHEDULE = (
-    "UPDATE schedules SET plugin = %s, plugin_version = %s, `function` = %s, args = %s, "
-    "kwargs = %s, cron = %s, timezone = %s, every_seconds = %s, priority = %s, "
-    "timeout_seconds = %s, max_attempts = %s, retry_backoff_seconds = %s, datacenter = %s, "
-    "misfire = %s, max_catch_up = %s, misfire_grace_seconds = %s, overlap = %s, next_tick = %s "
-    "WHERE name = %s"
-)
-PAUSE_SCHEDULE = "UPDATE schedules SET paused = 1 WHERE name = %s"
-RESUME_SCHEDULE = "UPDATE schedules SET paused = 0, next_tick = %s WHERE name = %s AND paused = 1"
-DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = %s"
 DUE_SCHEDULES = (
     "SELECT name FROM schedules "
     "WHERE paused = 0 AND next_tick <= tm_now() ORDER BY next_tick LIMIT %s"
-)
-ADVANCE_SCHEDULE = (
-    "UPDATE schedules SET next_tick = %s, last_tick = COALESCE(%s, last_tick), "
-    "last_task_id = COALESCE(%s, last_task_id), ticks_fired = ticks_fired + %s, "
-    "ticks_skipped = ticks_skipped + %s "
-    "WHERE name = %s AND next_tick = %s AND paused = 0" + LEADER_GUARD
 )
 INSERT_TICK_TASK = (
     "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
@@ -282,7 +253,6 @@ INSERT_TICK_TASK = (
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, tm_now(), %s, %s, %s, 'queued', "
     "tm_now(), tm_now())"
 )
-TASK_ID_BY_KEY = "SELECT id FROM tasks WHERE idempotency_key = %s"
 # MySQL's LIKE escapes with a backslash by default; SQLite needs ESCAPE. The
 # connection sets case_sensitive_like, as utf8mb4_bin compares on MySQL.
 TICK_TASKS = (
@@ -291,12 +261,6 @@ TICK_TASKS = (
 )
 
 # -- web UI (read-only) -------------------------------------------------------------------------
-UI_ROW_COLUMNS = (
-    "id, state, plugin, plugin_version, `function`, datacenter, owner, owner_datacenter, "
-    "attempt, max_attempts, failures, reclaims, progress, progress_message, abort_requested, "
-    "idempotency_key, error_type, error_message, created_at, started_at, finished_at"
-)
-UI_LIST = f"SELECT {UI_ROW_COLUMNS} FROM tasks WHERE 1 = 1"
 UI_LIST_BY_TIME = UI_LIST
 UI_FILTERS = {
     "state": " AND state = %s",
@@ -312,22 +276,12 @@ UI_FILTERS = {
     "key_is": " AND idempotency_key = %s",
     "key_prefix": " AND idempotency_key LIKE %s ESCAPE '\\'",
 }
-UI_ORDER_ID = " ORDER BY id DESC LIMIT %s"
-UI_ORDER_TIME = " ORDER BY created_at DESC, id DESC LIMIT %s"
-UI_ORDER_KEY = " ORDER BY idempotency_key LIMIT %s"
-UI_MAX_ID = "SELECT MAX(id) AS id FROM tasks"
-UI_CREATED_AT = "SELECT created_at FROM tasks WHERE id = %s"
 # Integer division truncates toward zero, like TIMESTAMPDIFF(SECOND, ...) DIV n.
 UI_THROUGHPUT = (
     "SELECT tm_diff_us(finished_at, tm_now()) / 1000000 / %s AS bucket, state, COUNT(*) AS n "
     "FROM tasks WHERE state IN ('succeeded', 'failed', 'aborted', 'expired') "
     "AND finished_at >= tm_add_us(tm_now(), -1000000 * %s) GROUP BY bucket, state"
 )
-UI_RUNNING_OWNERS = (
-    "SELECT owner, owner_datacenter, COUNT(*) AS n FROM tasks WHERE state = 'running' "
-    "GROUP BY owner, owner_datacenter"
-)
-UI_LEADERSHIP = "SELECT epoch, node, since FROM leadership WHERE name = 'reaper'"
 
 # Columns (result names) that hold times: SQLiteDatabase returns them as naive
 # UTC datetimes, as PyMySQL does for DATETIME.
