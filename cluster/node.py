@@ -41,8 +41,7 @@ from taskman.cluster.attempts import (
 from taskman.cluster.concurrency import cap_for
 from taskman.cluster.coordination import ZkCoordination
 from taskman.cluster.endpoints import CachedCheck, Endpoints
-from taskman.cluster.layout import ClusterPaths
-from taskman.cluster.reaper import Reaper, ReapReport
+from taskman.cluster.leadership import Leadership
 from taskman.config import NodeConfig
 from taskman.dsn import parse_dsn
 from taskman.errors import (
@@ -51,7 +50,6 @@ from taskman.errors import (
     RunnerError,
     SchemaError,
     StoreError,
-    TaskmanError,
 )
 from taskman.logs import add_secrets, scrub
 from taskman.plugins import Plugin, PluginRegistry
@@ -61,7 +59,6 @@ from taskman.store import Candidate, Claim, TaskStore, make_database
 from taskman.store.migrations import applied_versions, latest_version
 
 log = structlog.get_logger("taskman.node")
-REAP_INTERVAL = 0.5
 MEMBER_UPDATE_INTERVAL = 1.0  # slots_used in membership is at most this stale
 QUEUE_DEPTH_INTERVAL = 5.0
 PRUNE_INTERVAL = 5.0  # retention passes: at most 1 s of small DELETE batches each  # a COUNT over the whole table: not on every reaper pass
@@ -107,7 +104,6 @@ class Node:
         """``coordination`` builds the coordinator (default: ZooKeeper, ``ZkCoordination``)."""
         self._make_coordination = coordination or ZkCoordination
         self.config = config
-        self.paths = ClusterPaths(config.cluster)
         self.registry = registry or PluginRegistry.scan(config.plugin_dirs)
         add_secrets(secrets_of(config, self.registry))
         self.events: queue.Queue[RunnerEvent] = queue.Queue()
@@ -126,9 +122,7 @@ class Node:
         self.is_leader = False
         self.started = threading.Event()
         self._guard_done = threading.Event()
-        self._next_depth = 0.0
         self._started_at = time.time()  # for operators: wall clock is fine here
-        self._next_prune = 0.0
         self._published_used = 0
         self._next_member_update = 0.0
         self._leader_done = threading.Event()
@@ -165,7 +159,10 @@ class Node:
         self.gate = self.coord.gate
         self.coord.start()
         self.coord.register(self._member_info(), wait_for=self.config.session_timeout * 2)
-        self._leader_thread = threading.Thread(target=self._lead, name="leader", daemon=True)
+        leadership = Leadership(
+            self.config, self.coord, self.log, self._leader_done, self._set_leader
+        )
+        self._leader_thread = threading.Thread(target=leadership.run, name="leader", daemon=True)
         self._leader_thread.start()
         self._guard_thread = threading.Thread(target=self._guard, name="guard", daemon=True)
         self._guard_thread.start()
@@ -216,6 +213,9 @@ class Node:
                 self.stop(drain=True, timeout=self.config.drain_timeout)
 
         self.coord.watch_drain(on_request)
+
+    def _set_leader(self, leading: bool) -> None:
+        self.is_leader = leading
 
     def _member_info(self) -> dict[str, Any]:
         return {
@@ -748,84 +748,3 @@ class Node:
                 self.log.warning("task.given_up", task_id=active.claim.task_id, reason=reason)
                 active.stop_reason = Outcome.FENCED
                 active.runner.kill()
-
-    # -- leadership ------------------------------------------------------------------
-    def _retention(self) -> dict[TaskState, float]:
-        cfg = self.config
-        return {
-            TaskState.SUCCEEDED: cfg.retention_succeeded,
-            TaskState.FAILED: cfg.retention_failed,
-            TaskState.ABORTED: cfg.retention_aborted,
-            TaskState.EXPIRED: cfg.retention_expired,
-        }
-
-    def _publish_reap(self, report: ReapReport, reaper: Reaper) -> None:
-        if report.node_lost:
-            metrics.RECLAIMED.labels("node_lost").inc(report.node_lost)
-        if report.heartbeat_lost:
-            metrics.RECLAIMED.labels("heartbeat_timeout").inc(report.heartbeat_lost)
-        if report.expired:
-            metrics.TASKS_EXPIRED.inc(report.expired)
-        now = time.monotonic()
-        if now >= self._next_depth:
-            # Only the leader publishes queue depth, so a sum over nodes is not N times too big.
-            self._next_depth = now + QUEUE_DEPTH_INTERVAL
-            counts = reaper.store.count_by_state()
-            for state in TaskState:
-                metrics.QUEUE_DEPTH.labels(state.value).set(counts.get(state.value, 0))
-
-    def _lead(self) -> None:
-        election = self.coord.election()
-        reaper = Reaper(
-            TaskStore(make_database(self.config.dsn)),
-            self.lease,
-            self.coord.members,
-            heartbeat_timeout=self.config.heartbeat_timeout,
-            max_reclaims=self.config.max_reclaims,
-            unrunnable_grace=self.config.unrunnable_grace,
-        )
-        from taskman.cluster.ticker import Ticker  # schedules (docs/schedules.md)
-        from taskman.store.schedules import ScheduleStore
-
-        ticker = Ticker(ScheduleStore(reaper.store.db))  # same connection, same leader thread
-        term: int | None = None
-        while not self._leader_done.is_set():
-            if not self.monitor.healthy(within=self.config.session_timeout / 3):
-                if term is not None:
-                    self.log.warning("leader.lost", epoch=term)
-                    term = None
-                    self.is_leader = False
-                    metrics.QUEUE_DEPTH.clear()
-                    election.resign()
-                time.sleep(0.2)
-                continue
-            epoch = election.try_acquire(timeout=2.0)
-            if epoch is None:
-                if term is not None:
-                    self.log.warning("leader.lost", epoch=term)
-                    term, self.is_leader = None, False
-                    metrics.QUEUE_DEPTH.clear()
-                continue
-            try:
-                if epoch != term:
-                    if not reaper.take_office(self.config.node_id, epoch):
-                        self.log.warning("leader.superseded", epoch=epoch)
-                        election.resign()
-                        time.sleep(1.0)
-                        continue
-                    term, self.is_leader = epoch, True
-                    self.log.info("leader.elected", epoch=epoch)
-                ticker.run(epoch)  # first: it never raises, so a failing reap cannot stall ticks
-                report = reaper.reap(epoch)
-                self._publish_reap(report, reaper)
-                if time.monotonic() >= self._next_prune:
-                    removed = reaper.prune(epoch, self._retention(), self.config.prune_batch, 1.0)
-                    metrics.TASKS_PRUNED.inc(removed)
-                    # Behind (a full batch or more): keep going on the next pass.
-                    behind = removed >= self.config.prune_batch
-                    self._next_prune = time.monotonic() + (0 if behind else PRUNE_INTERVAL)
-            except (TaskmanError, KazooException) as exc:
-                self.log.warning("leader.reap_failed", error=str(exc))
-            time.sleep(REAP_INTERVAL)
-        election.resign()
-        reaper.store.close()
