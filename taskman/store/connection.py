@@ -82,6 +82,22 @@ def tls_options(dsn: MySQLDSN) -> dict[str, Any]:
     }
 
 
+def retry_policy(deadline: float) -> Retrying:
+    """The one retry policy of both backends: transient errors only, jittered, until a deadline."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("db.retry", attempt=state.attempt_number, error=str(exc))
+
+    return Retrying(
+        retry=retry_if_exception(_is_retryable),
+        wait=wait_random_exponential(multiplier=0.05, max=2.0),
+        stop=stop_after_delay(deadline),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientStoreError)
 
@@ -236,18 +252,7 @@ class Database:
                 ambiguous = True
                 raise
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.info("db.retry", attempt=state.attempt_number, error=str(exc))
-
-        retrying = Retrying(
-            retry=retry_if_exception(_is_retryable),
-            wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            stop=stop_after_delay(self.retry_deadline if deadline is None else deadline),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        return retrying(attempt)
+        return retry_policy(self.retry_deadline if deadline is None else deadline)(attempt)
 
     def query(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
         def fn(cur: pymysql.cursors.DictCursor) -> list[dict[str, Any]]:

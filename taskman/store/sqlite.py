@@ -33,16 +33,10 @@ from urllib.parse import urlsplit
 
 import pymysql
 import structlog
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from taskman.errors import ConfigError, StoreError, TransientStoreError
 from taskman.store import queries_sqlite
+from taskman.store.connection import retry_policy
 
 log = structlog.get_logger("taskman.store")
 T = TypeVar("T")
@@ -176,10 +170,6 @@ def _row(names: list[str], values: Sequence[Any]) -> dict[str, Any]:
     return row
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, TransientStoreError)
-
-
 class SQLiteDatabase:
     """The SQLite twin of ``Database``: same methods, rows and errors; see the module doc."""
 
@@ -282,18 +272,8 @@ class SQLiteDatabase:
         """Run ``fn`` in a transaction, retrying SQLITE_BUSY with jitter until a deadline."""
         del on_ambiguous  # a local commit either happened or raised: never ambiguous
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.info("db.retry", attempt=state.attempt_number, error=str(exc))
-
-        retrying = Retrying(
-            retry=retry_if_exception(_is_retryable),
-            wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            stop=stop_after_delay(self.retry_deadline if deadline is None else deadline),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        return retrying(lambda: self.run_once(fn, write=write))
+        policy = retry_policy(self.retry_deadline if deadline is None else deadline)
+        return policy(lambda: self.run_once(fn, write=write))
 
     def query(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
         def fn(cur: SQLiteCursor) -> list[dict[str, Any]]:
