@@ -19,15 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import claims, cluster_benches, runner_start
+from bench import celery_side, claims, cluster_benches, runner_start
 from bench.common import git_revision, lab, setup_description
 
-ALL = ("runner_start", "throughput", "latency", "claims", "recovery", "memory")
+ALL = ("runner_start", "throughput", "latency", "claims", "recovery", "memory", "celery")
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", nargs="*", choices=ALL, default=list(ALL))
+    parser.add_argument("--only", nargs="*", choices=ALL, help="figures to measure (default: all)")
     parser.add_argument("--tasks", type=int, default=5000, help="no-op tasks per throughput run")
     parser.add_argument("--slots", type=int, default=4, help="runner slots per node")
     parser.add_argument("--starts", type=int, default=100, help="runner starts per mode")
@@ -37,6 +37,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--recoveries", type=int, default=3)
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--modes", nargs="*", help="runner modes (default: all available)")
+    parser.add_argument(
+        "--celery-broker",
+        default=celery_side.DEFAULT_BROKER,
+        help="RabbitMQ for the Celery figures (loopback only)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks it works (CI)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--base-dir", type=Path, help="server data (default: a temp dir)")
@@ -47,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM must unwind through the lab's context managers, or its servers outlive us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parser().parse_args(argv)
+    if args.only is None:
+        # The smoke run starts every server it uses itself: no outside broker for Celery.
+        args.only = [name for name in ALL if not (args.smoke and name == "celery")]
     if args.smoke:
         args.tasks, args.starts, args.latency_samples = 40, 5, 5
         args.claims, args.big_queue, args.recoveries = 20, 20_000, 1
@@ -75,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             record(
                 f"runner_start[{mode}]",
                 lambda m=runner_mode: runner_start.measure(m, args.starts),
+            )
+    if "celery" in args.only:
+        for per_child in (None, 1):
+            record(
+                f"celery[prefork 2,max_tasks_per_child={per_child}]",
+                lambda p=per_child: celery_side.throughput(
+                    args.tasks if p is None else min(args.tasks, 500), args.celery_broker, p
+                ),
             )
     with lab(base) as the_lab:
         report["setup"] = setup_description(the_lab)
@@ -150,6 +166,18 @@ def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, flo
         two = get(f"throughput[{mode},2 nodes]", "tasks_per_s")
         if one and two:
             out[f"throughput 2 nodes/1 node ({mode})"] = round(two / one, 2)
+    default_pool = get("celery[prefork 2,max_tasks_per_child=None]", "tasks_per_s")
+    isolated = get("celery[prefork 2,max_tasks_per_child=1]", "tasks_per_s")
+    for mode in modes:
+        ours = get(f"throughput[{mode},1 node]", "tasks_per_s")
+        if ours and isolated:
+            out[f"throughput taskman {mode} 1 node / Celery max_tasks_per_child=1"] = round(
+                ours / isolated, 1
+            )
+        if ours and default_pool:
+            out[f"throughput taskman {mode} 1 node / Celery default pool"] = round(
+                ours / default_pool, 3
+            )
     small = get("claims[10000 queued]", "claim_one_at_a_time", "median_ms")
     large = get(f"claims[{big} queued]", "claim_one_at_a_time", "median_ms")
     if small and large:

@@ -89,7 +89,9 @@ class ZkCoordination:
 class _Done:
     """A finished call, shaped like the kazoo async results the node checks."""
 
-    exception: BaseException | None = None
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+        self.exception: BaseException | None = None
 
     def ready(self) -> bool:
         return True
@@ -153,9 +155,10 @@ class _LocalLease:
         with self._lock:
             self._claims.discard(claim_name(task_id, attempt))
 
-    def release_async(self, task_id: int, attempt: int) -> _Done:
-        self.release(task_id, attempt)
-        return _Done()
+    def release_many_async(self, attempts: list[tuple[int, int]]) -> _Done:
+        for task_id, attempt in attempts:
+            self.release(task_id, attempt)
+        return _Done(value=[True] * len(attempts))
 
     def live_claims(self) -> set[str]:
         # Claims die with the process: after a restart, running rows have none and

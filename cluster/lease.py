@@ -100,9 +100,17 @@ class ClaimLease:
         """Drop a claim after its outcome is recorded (never before)."""
         self.release_path(self.paths.claim(task_id, attempt))
 
-    def release_async(self, task_id: int, attempt: int) -> Any:
-        """Start dropping a claim; the caller checks the returned kazoo result later."""
-        return self.client.delete_async(self.paths.claim(task_id, attempt))
+    def release_many_async(self, attempts: list[tuple[int, int]]) -> Any:
+        """Start dropping claims in one ZooKeeper transaction: one quorum write, not one each.
+
+        The caller checks the kazoo result later: a list with, per claim, True or the
+        exception (NoNodeError: already gone; RolledBackError: another delete of the
+        batch failed, so this one did not happen either).
+        """
+        transaction = self.client.transaction()
+        for task_id, attempt in attempts:
+            transaction.delete(self.paths.claim(task_id, attempt))
+        return transaction.commit_async()
 
     def release_path(self, path: str) -> None:
         with contextlib.suppress(NoNodeError):

@@ -26,7 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import (
+    KazooException,
+    NoNodeError,
+    RolledBackError,
+    RuntimeInconsistency,
+)
 from kazoo.recipe.lock import Semaphore
 
 import taskman
@@ -55,7 +60,7 @@ from taskman.logs import add_secrets, scrub
 from taskman.plugins import Plugin, PluginRegistry
 from taskman.runner import Runner, RunnerEvent, RunnerSpec, describe_exit
 from taskman.states import Outcome, TaskState
-from taskman.store import Candidate, Claim, TaskStore, make_database
+from taskman.store import Candidate, Claim, ClaimRequest, Finish, TaskStore, make_database
 from taskman.store.migrations import applied_versions, latest_version
 
 log = structlog.get_logger("taskman.node")
@@ -94,6 +99,16 @@ class Prepared:
         return self.candidate.attempt + 1  # the attempt this claim would start
 
 
+@dataclass
+class Unrecorded:
+    """An ending waiting for its (batched) write."""
+
+    claim: Claim
+    ending: Ending
+    record: Finish
+    claimed_at: float | None = None
+
+
 class Node:
     def __init__(
         self,
@@ -108,7 +123,8 @@ class Node:
         add_secrets(secrets_of(config, self.registry))
         self.events: queue.Queue[RunnerEvent] = queue.Queue()
         self.active: dict[int, ActiveAttempt] = {}
-        self.unrecorded: list[tuple[ActiveAttempt, Ending]] = []
+        self.to_record: list[Unrecorded] = []  # endings to write in the next batch
+        self.unrecorded: list[Unrecorded] = []  # endings the database refused: retried
         self.log = log.bind(node=config.node_id, datacenter=config.datacenter)
         self.counters: dict[str, int] = {}
         self._stopping = threading.Event()
@@ -117,7 +133,7 @@ class Node:
         self._episode_lock = threading.Lock()
         self._last_db_ok = time.monotonic()
         self.leftover_claims: list[tuple[int, int]] = []
-        self.releasing: list[tuple[tuple[int, int], Any]] = []
+        self.releasing: list[tuple[list[tuple[int, int]], Any]] = []
         self.semaphores: dict[tuple[int, int], Semaphore] = {}
         self.is_leader = False
         self.started = threading.Event()
@@ -249,6 +265,7 @@ class Node:
         next_heartbeat = next_poll = 0.0
         while True:
             self._drain_events(timeout=0.05)
+            self._record_pending()  # every ending drained above, in one transaction
             now = time.monotonic()
             self._check_session()
             self._publish_gauges(now)
@@ -263,12 +280,14 @@ class Node:
                 if self._drain_deadline is not None and now >= self._drain_deadline:
                     self._give_up_all("the node is shutting down")
                 if not self.active:
+                    self._flush_releases()
                     return
                 continue
             if now >= next_poll and self._may_claim():
                 claimed, wanted = self._claim()
                 # A full batch means more work is waiting: look again at once.
                 next_poll = now if claimed and claimed == wanted else now + cfg.poll_interval
+                self._flush_releases()  # claims the database turned down
 
     def _publish_gauges(self, now: float) -> None:
         metrics.RUNNERS.set(sum(1 for a in self.active.values() if a.runner.alive))
@@ -377,28 +396,36 @@ class Node:
             self.gate.release(semaphore)
 
     def _release(self, task_id: int, attempt: int) -> None:
-        """Drop a claim after its outcome is recorded; later if ZooKeeper is unreachable now."""
+        """Queue a claim to drop after its outcome is recorded; _flush_releases drops them."""
         self._release_semaphore(task_id, attempt)
         self.leftover_claims.append((task_id, attempt))
-        if not self.monitor.healthy(within=self.config.session_timeout / 3):
+
+    def _flush_releases(self) -> None:
+        """Drop the queued claims in one ZooKeeper transaction; later if it is unreachable."""
+        if not self.leftover_claims or not self.monitor.healthy(
+            within=self.config.session_timeout / 3
+        ):
             return
         pending, self.leftover_claims = self.leftover_claims, []
-        # Deletes are pipelined, not awaited: the outcome is already recorded, so
-        # nothing waits on them. _check_releases retries the ones that failed.
-        for tid, att in pending:
-            self.releasing.append(((tid, att), self.lease.release_async(tid, att)))
+        # Not awaited: the outcomes are already recorded, so nothing waits on the
+        # deletes. _check_releases queues again the ones that failed.
+        self.releasing.append((pending, self.lease.release_many_async(pending)))
 
     def _check_releases(self) -> None:
         still = []
-        for key, result in self.releasing:
+        for keys, result in self.releasing:
             if not result.ready():
-                still.append((key, result))
-            elif not result.successful() and not isinstance(result.exception, NoNodeError):
-                self.log.warning(
-                    "claim.release_failed", task_id=key[0], error=str(result.exception)
-                )
-                self.leftover_claims.append(key)
+                still.append((keys, result))
+                continue
+            outcomes = result.value if result.successful() else [result.exception] * len(keys)
+            for key, outcome in zip(keys, outcomes, strict=True):
+                if not isinstance(outcome, Exception) or isinstance(outcome, NoNodeError):
+                    continue  # dropped, or already gone
+                if not isinstance(outcome, RolledBackError | RuntimeInconsistency):
+                    self.log.warning("claim.release_failed", task_id=key[0], error=repr(outcome))
+                self.leftover_claims.append(key)  # a failed batch: the others go again
         self.releasing = still
+        self._flush_releases()
 
     # -- claims ----------------------------------------------------------------
     def _claim(self) -> tuple[int, int]:
@@ -437,8 +464,8 @@ class Node:
                 if prepared.semaphore is not None:
                     self.gate.release(prepared.semaphore)
             return (0, free)
-        claimed = 0
-        for index, (prepared, token) in enumerate(zip(chosen, tokens, strict=True)):
+        won: list[tuple[Prepared, int]] = []
+        for prepared, token in zip(chosen, tokens, strict=True):
             if token is None:
                 self._count("claim_lost_race")
                 if prepared.semaphore is not None:
@@ -446,20 +473,31 @@ class Node:
                 continue
             if prepared.semaphore is not None:
                 self.semaphores[(prepared.task_id, prepared.attempt)] = prepared.semaphore
-            try:
-                claimed += self._start_claimed(prepared, token, started)
-            except (StoreError, CoordinationError, KazooException) as exc:
-                self.log.warning("claim.failed", task_id=prepared.task_id, error=str(exc))
-                # No row backs these claims: let them go so other nodes can have the tasks.
-                for rest, rest_token in zip(chosen[index:], tokens[index:], strict=True):
-                    if rest is not prepared and rest.semaphore is not None:
-                        self.semaphores[(rest.task_id, rest.attempt)] = rest.semaphore
-                    if rest_token is not None:
-                        self._release(rest.task_id, rest.attempt)
-                    else:
-                        self._release_semaphore(rest.task_id, rest.attempt)
-                break
+            won.append((prepared, token))
+        if not won:
+            return (0, free)
+        requests = [
+            ClaimRequest(p.task_id, p.candidate.attempt, token, self._version_of(p))
+            for p, token in won
+        ]
+        try:
+            # One transaction (one COMMIT) moves the whole batch to running.
+            claims = self.store.claim_many(requests, self.config.node_id, self.config.datacenter)
+        except StoreError as exc:
+            self.log.warning("claim.failed", tasks=len(won), error=str(exc))
+            # No row backs these claims: let them go so other nodes can have the tasks.
+            for prepared, _token in won:
+                self._release(prepared.task_id, prepared.attempt)
+            return (0, free)
+        claimed = 0
+        for (prepared, _token), claim in zip(won, claims, strict=True):
+            claimed += self._start_claimed(prepared, claim, started)
         return (claimed, free)
+
+    @staticmethod
+    def _version_of(prepared: Prepared) -> str:
+        plugin = prepared.plugin
+        return (plugin.version if plugin else prepared.candidate.plugin_version) or ""
 
     def _prepare(self, candidate: Candidate) -> Prepared | None:
         """Resolve the plugin and take a concurrency lease; None if the cap is full."""
@@ -482,24 +520,15 @@ class Node:
                 return None
         return Prepared(candidate, plugin, problem, semaphore)
 
-    def _start_claimed(self, prepared: Prepared, token: int, claim_started: float) -> int:
-        """Move a claimed task to running under ``token`` and start its runner (1 if started)."""
+    def _start_claimed(self, prepared: Prepared, claim: Claim | None, claim_started: float) -> int:
+        """Start the runner of a task the database moved to running under our token (1 if so)."""
         candidate, plugin, problem = prepared.candidate, prepared.plugin, prepared.problem
-        attempt = prepared.attempt
-        version = plugin.version if plugin else candidate.plugin_version
-        claim = self.store.claim(
-            candidate.task_id,
-            candidate.attempt,
-            token,
-            self.config.node_id,
-            self.config.datacenter,
-            version or "",
-        )
-        if claim is not None and claim.retry_backoff is None:
-            claim = dataclasses.replace(claim, retry_backoff=self.config.retry_backoff)
+        version = self._version_of(prepared)
         if claim is None:
-            self._release(candidate.task_id, attempt)
+            self._release(candidate.task_id, prepared.attempt)
             return 0
+        if claim.retry_backoff is None:
+            claim = dataclasses.replace(claim, retry_backoff=self.config.retry_backoff)
         self._count("claimed")
         metrics.CLAIM_SECONDS.observe(time.monotonic() - claim_started)
         metrics.TASKS_CLAIMED.labels(claim.plugin).inc()
@@ -508,7 +537,7 @@ class Node:
             "task.claimed",
             task_id=claim.task_id,
             attempt=claim.attempt,
-            token=token,
+            token=claim.fence,
             function=claim.function,
             plugin=claim.plugin,
             version=version,
@@ -549,19 +578,8 @@ class Node:
             self._stop_runner(active, Outcome.ABORTED)
         return 1
 
-    def _finish_without_runner(self, claim: Any, ending: Ending) -> None:
-        ok = self.store.finish(
-            task_id=claim.task_id,
-            attempt=claim.attempt,
-            fence=claim.fence,
-            outcome=ending.outcome,
-            task_state=ending.state,
-            error_type=ending.error_type,
-            error_message=ending.error_message,
-            retry_delay=ending.retry_delay,
-        )
-        self._log_ending(claim, ending, ok)
-        self._release(claim.task_id, claim.attempt)
+    def _finish_without_runner(self, claim: Claim, ending: Ending) -> None:
+        self._queue_record(claim, ending, output_tail=None, claimed_at=None)
 
     # -- runner events ---------------------------------------------------------------
     def _handle(self, event: RunnerEvent) -> None:
@@ -605,40 +623,59 @@ class Node:
         self._record(active, ending)
 
     def _record(self, active: ActiveAttempt, ending: Ending) -> None:
-        claim = active.claim
-        try:
-            ok = self.store.finish(
-                task_id=claim.task_id,
-                attempt=claim.attempt,
-                fence=claim.fence,
-                outcome=ending.outcome,
-                task_state=ending.state,
-                result_json=ending.result_json,
-                # Task code may print or raise its own secrets (plugin env values):
-                # they are scrubbed before they reach the table, the CLI and the UI.
-                error_type=ending.error_type,
-                error_message=scrub(ending.error_message),
-                traceback=scrub(ending.traceback),
-                output_tail=scrub(active.runner.output_tail()),
-                retry_delay=ending.retry_delay,
-                counts_as_failure=ending.counts_as_failure,
-                task_error_message=scrub(ending.summary),
-            )
-            metrics.ATTEMPT_SECONDS.labels(claim.plugin, ending.outcome.value).observe(
-                time.monotonic() - active.claimed_at
-            )
-        except StoreError as exc:
-            # Keep the claim: releasing it would let the leader re-run finished work.
-            self.log.warning("task.record_failed", task_id=claim.task_id, error=str(exc))
-            self.unrecorded.append((active, ending))
+        self._queue_record(active.claim, ending, active.runner.output_tail(), active.claimed_at)
+
+    def _queue_record(
+        self, claim: Claim, ending: Ending, output_tail: str | None, claimed_at: float | None
+    ) -> None:
+        """Queue an outcome; _record_pending writes every queued one in one transaction."""
+        record = Finish(
+            task_id=claim.task_id,
+            attempt=claim.attempt,
+            fence=claim.fence,
+            outcome=ending.outcome,
+            task_state=ending.state,
+            result_json=ending.result_json,
+            # Task code may print or raise its own secrets (plugin env values):
+            # they are scrubbed before they reach the table, the CLI and the UI.
+            error_type=ending.error_type,
+            error_message=scrub(ending.error_message),
+            traceback=scrub(ending.traceback),
+            output_tail=scrub(output_tail),
+            retry_delay=ending.retry_delay,
+            counts_as_failure=ending.counts_as_failure,
+            task_error_message=scrub(ending.summary),
+        )
+        self.to_record.append(Unrecorded(claim, ending, record, claimed_at))
+
+    def _record_pending(self) -> None:
+        if not self.to_record:
             return
-        self._log_ending(claim, ending, ok)
-        self._release(claim.task_id, claim.attempt)
+        batch, self.to_record = self.to_record, []
+        try:
+            applied = self.store.finish_many([item.record for item in batch])
+        except StoreError as exc:
+            # Keep the claims: releasing them would let the leader re-run finished work.
+            self.log.warning(
+                "task.record_failed", task_ids=[i.claim.task_id for i in batch], error=str(exc)
+            )
+            self.unrecorded.extend(batch)
+            return
+        now = time.monotonic()
+        for item, ok in zip(batch, applied, strict=True):
+            if item.claimed_at is not None:
+                metrics.ATTEMPT_SECONDS.labels(
+                    item.claim.plugin, item.ending.outcome.value
+                ).observe(now - item.claimed_at)
+            self._log_ending(item.claim, item.ending, ok)
+            self._release(item.claim.task_id, item.claim.attempt)
+        self._flush_releases()
 
     def _retry_unrecorded(self) -> None:
-        pending, self.unrecorded = self.unrecorded, []
-        for active, ending in pending:
-            self._record(active, ending)
+        if self.unrecorded:
+            self.to_record.extend(self.unrecorded)
+            self.unrecorded = []
+            self._record_pending()
 
     def _log_ending(self, claim: Claim, ending: Ending, ok: bool) -> None:
         fields = {
@@ -674,16 +711,11 @@ class Node:
         if not live:
             self._last_db_ok = now
             return
+        progress = {a.claim.task_id: a.progress for a in live if a.progress is not None}
         try:
-            views = self.store.heartbeat([a.key for a in live])
+            views = self.store.heartbeat([a.key for a in live], progress)
             for active in live:
-                if active.progress is not None:
-                    fraction, text = active.progress
-                    active.progress = None
-                    if not self.store.progress(
-                        active.claim.task_id, active.claim.fence, fraction, text
-                    ):
-                        self._fence(active, "progress")
+                active.progress = None  # written (or refused, which the views tell)
         except StoreError as exc:
             silent = now - self._last_db_ok
             self.log.warning("node.heartbeat_failed", error=str(exc), silent_for=round(silent, 1))

@@ -230,7 +230,7 @@ def _check(config: NodeConfig, source: str) -> None:
     if config.zookeeper_auth is None and not config.insecure:
         raise fail(
             "no 'zookeeper_auth': the cluster's znodes would be open to every client of the "
-            "ensemble. Set zookeeper_auth = \"user:password\" (or zookeeper_auth_file), or "
+            'ensemble. Set zookeeper_auth = "user:password" (or zookeeper_auth_file), or '
             "insecure = true for a throwaway cluster"
         )
     if not config.plugin_dirs:

@@ -17,10 +17,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "see `taskman lab up` and docs/multi-dc.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--db", default="taskman-dev.sqlite3", help="SQLite file (default ./%(default)s)")
-    p.add_argument("--plugins", action="append", default=[], metavar="DIR",
-                   help="plugin directory (repeatable; default ./plugins if it exists); "
-                   "the bundled examples are always loaded")
+    p.add_argument(
+        "--db", default="taskman-dev.sqlite3", help="SQLite file (default ./%(default)s)"
+    )
+    p.add_argument(
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="plugin directory (repeatable; default ./plugins if it exists); "
+        "the bundled examples are always loaded",
+    )
     p.add_argument("--listen", default="127.0.0.1:8080", help="UI address (default %(default)s)")
     p.add_argument("--slots", type=int, default=4, help="concurrent runners (default 4)")
     p.set_defaults(handler=dev)

@@ -4,12 +4,22 @@ and ``queries_sqlite.py`` (embedded mode); ``make_database`` picks the backend f
 from taskman.store.backend import StoreDatabase, make_database
 from taskman.store.connection import Database
 from taskman.store.sqlite import SQLiteDatabase
-from taskman.store.tasks import Candidate, Claim, RunningTask, RunningView, TaskStore
+from taskman.store.tasks import (
+    Candidate,
+    Claim,
+    ClaimRequest,
+    Finish,
+    RunningTask,
+    RunningView,
+    TaskStore,
+)
 
 __all__ = [
     "Candidate",
     "Claim",
+    "ClaimRequest",
     "Database",
+    "Finish",
     "RunningTask",
     "RunningView",
     "SQLiteDatabase",

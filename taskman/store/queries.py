@@ -127,11 +127,11 @@ INSERT_ATTEMPT = (
     "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) "
     "VALUES (%s, %s, %s, %s, %s, %s)"
 )
-CLAIMED_TASK = (
+CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
     "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
     "TIMESTAMPDIFF(MICROSECOND, run_after, NOW(6)) AS wait_us "
-    "FROM tasks WHERE id = %s"
+    "FROM tasks WHERE id IN ({ids})"
 )
 
 # -- node: fenced writes about a running attempt ------------------------------
@@ -166,6 +166,9 @@ END_ATTEMPT = (
     "traceback = %s, output_tail = %s "
     "WHERE task_id = %s AND attempt = %s AND fence = %s AND outcome = 'running'"
 )
+
+# After an ambiguous COMMIT of a batch of endings: which attempts ended, and how.
+ENDED_ATTEMPTS = "SELECT task_id, attempt, fence, outcome FROM attempts WHERE task_id IN ({ids})"
 
 # -- leader -----------------------------------------------------------------
 # The leader's ZooKeeper epoch only grows; a stale leader's UPDATE matches 0 rows.

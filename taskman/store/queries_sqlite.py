@@ -30,6 +30,7 @@ from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads
     CANDIDATE_PLUGIN_TERM,
     COUNT_BY_STATE,
     DELETE_SCHEDULE,
+    ENDED_ATTEMPTS,
     GET_ATTEMPTS,
     GET_SCHEDULE,
     GET_TASK,
@@ -142,11 +143,11 @@ INSERT_ATTEMPT = (
     "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version, started_at) "
     "VALUES (%s, %s, %s, %s, %s, %s, tm_now())"
 )
-CLAIMED_TASK = (
+CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
     "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
     "tm_diff_us(run_after, tm_now()) AS wait_us "
-    "FROM tasks WHERE id = %s"
+    "FROM tasks WHERE id IN ({ids})"
 )
 
 # -- node: fenced writes about a running attempt ------------------------------

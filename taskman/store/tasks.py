@@ -64,6 +64,57 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """One task of a claim batch: the attempt count seen and the token to claim it under."""
+
+    task_id: int
+    seen_attempt: int
+    fence: int
+    plugin_version: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How one attempt ended, as the node records it (fenced by ``fence``)."""
+
+    task_id: int
+    attempt: int
+    fence: int
+    outcome: Outcome
+    task_state: TaskState  # QUEUED: retry after ``retry_delay``
+    result_json: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    output_tail: str | None = None
+    retry_delay: float | None = None
+    counts_as_failure: bool = True
+    task_error_message: str | None = None  # the task row's message, when not error_message
+
+
+def _claim_from(row: dict[str, Any] | None, fence: int) -> Claim | None:
+    if row is None or int(row["fence"]) != fence:
+        return None
+    return Claim(
+        task_id=int(row["id"]),
+        attempt=int(row["attempt"]),
+        fence=fence,
+        plugin=row["plugin"],
+        plugin_version=row["plugin_version"],
+        function=row["function"],
+        args=json.loads(row["args"]),
+        kwargs=json.loads(row["kwargs"]),
+        timeout=row["timeout_seconds"],
+        max_attempts=int(row["max_attempts"]),
+        failures=int(row["failures"]),
+        retry_backoff=row["retry_backoff_seconds"],
+        abort_requested=bool(row["abort_requested"]),
+        limits=None if row["limits"] is None else json.loads(row["limits"]),
+        waited=max(0, int(row["wait_us"] or 0)) / 1e6,
+    )
+
+
+@dataclass(frozen=True)
 class RunningView:
     """The database's view of one attempt a node believes it owns."""
 
@@ -317,52 +368,80 @@ class TaskStore:
         plugin_version: str,
     ) -> Claim | None:
         """Move a queued task to running under ``fence``; None if someone else got there first."""
+        request = ClaimRequest(task_id, seen_attempt, fence, plugin_version)
+        return self.claim_many([request], node, datacenter)[0]
 
-        def read(cur: Cursor) -> Claim | None:
-            cur.execute(self.q.CLAIMED_TASK, (task_id,))
-            row = cur.fetchone()
-            if row is None or int(row["fence"]) != fence:
-                return None
-            return Claim(
-                task_id=task_id,
-                attempt=int(row["attempt"]),
-                fence=fence,
-                plugin=row["plugin"],
-                plugin_version=row["plugin_version"],
-                function=row["function"],
-                args=json.loads(row["args"]),
-                kwargs=json.loads(row["kwargs"]),
-                timeout=row["timeout_seconds"],
-                max_attempts=int(row["max_attempts"]),
-                failures=int(row["failures"]),
-                retry_backoff=row["retry_backoff_seconds"],
-                abort_requested=bool(row["abort_requested"]),
-                limits=None if row["limits"] is None else json.loads(row["limits"]),
-                waited=max(0, int(row["wait_us"] or 0)) / 1e6,
-            )
+    def claim_many(
+        self, requests: list[ClaimRequest], node: str, datacenter: str
+    ) -> list[Claim | None]:
+        """Claim a batch in one transaction: one COMMIT (one fsync) for the lot.
 
-        def fn(cur: Cursor) -> Claim | None:
-            if not cur.execute(
-                self.q.CLAIM, (fence, node, datacenter, task_id, seen_attempt, fence)
-            ):
-                return None
-            cur.execute(
-                self.q.INSERT_ATTEMPT,
-                (task_id, seen_attempt + 1, fence, node, datacenter, plugin_version),
-            )
-            return read(cur)
+        Each request is fenced on its own; the answer for a task that someone else
+        got first, or that was aborted or expired meanwhile, is None.
+        """
+        if not requests:
+            return []
 
-        return self.db.run(fn, on_ambiguous=read)
+        def read(cur: Cursor) -> list[Claim | None]:
+            ids = [r.task_id for r in requests]
+            cur.execute(self.q.CLAIMED_TASKS.format(ids=", ".join(["%s"] * len(ids))), ids)
+            rows = {int(row["id"]): row for row in cur.fetchall()}
+            return [_claim_from(rows.get(r.task_id), r.fence) for r in requests]
+
+        def fn(cur: Cursor) -> list[Claim | None]:
+            won = []
+            for r in requests:
+                matched = cur.execute(
+                    self.q.CLAIM, (r.fence, node, datacenter, r.task_id, r.seen_attempt, r.fence)
+                )
+                if matched:
+                    cur.execute(
+                        self.q.INSERT_ATTEMPT,
+                        (
+                            r.task_id,
+                            r.seen_attempt + 1,
+                            r.fence,
+                            node,
+                            datacenter,
+                            r.plugin_version,
+                        ),
+                    )
+                won.append(bool(matched))
+            if not any(won):
+                return [None] * len(requests)
+            # Only rows this transaction moved are ours (a row may carry an equal token).
+            return [c if ok else None for c, ok in zip(read(cur), won, strict=True)]
+
+        def reread(cur: Cursor) -> list[Claim | None] | None:
+            # A COMMIT is all or nothing: if any row carries its token, the batch
+            # applied and the others were simply not ours; if none does, run it again.
+            claims = read(cur)
+            return claims if any(c is not None for c in claims) else None
+
+        return self.db.run(fn, on_ambiguous=reread)
 
     # -- node: fenced writes ----------------------------------------------------
-    def heartbeat(self, owned: list[tuple[int, int]]) -> list[RunningView]:
-        """Refresh heartbeats of (task id, fence) pairs; return the database's view of each."""
+    def heartbeat(
+        self,
+        owned: list[tuple[int, int]],
+        progress: dict[int, tuple[float, str]] | None = None,
+    ) -> list[RunningView]:
+        """Refresh heartbeats of (task id, fence) pairs; return the database's view of each.
+
+        ``progress`` (task id to fraction and message) is written in the same
+        transaction, fenced the same way: one COMMIT per beat for every attempt.
+        """
         if not owned:
             return []
+        progress = progress or {}
 
         def fn(cur: Cursor) -> list[RunningView]:
             for task_id, fence in owned:
-                cur.execute(self.q.HEARTBEAT, (task_id, fence))
+                if task_id in progress:
+                    fraction, message = progress[task_id]
+                    cur.execute(self.q.PROGRESS, (fraction, message[:1000], task_id, fence))
+                else:
+                    cur.execute(self.q.HEARTBEAT, (task_id, fence))
             ids = [task_id for task_id, _ in owned]
             cur.execute(self.q.RUNNING_STATUS.format(ids=", ".join(["%s"] * len(ids))), ids)
             return [
@@ -401,67 +480,100 @@ class TaskStore:
 
         Returns False when the token is stale: nothing was written.
         """
-        tail = None if output_tail is None else output_tail[-MAX_TAIL:]
-        task_message = error_message if task_error_message is None else task_error_message
+        record = Finish(
+            task_id=task_id,
+            attempt=attempt,
+            fence=fence,
+            outcome=outcome,
+            task_state=task_state,
+            result_json=result_json,
+            error_type=error_type,
+            error_message=error_message,
+            traceback=traceback,
+            output_tail=output_tail,
+            retry_delay=retry_delay,
+            counts_as_failure=counts_as_failure,
+            task_error_message=task_error_message,
+        )
+        return self.finish_many([record])[0]
 
-        def fn(cur: Cursor) -> bool:
-            if task_state is TaskState.SUCCEEDED:
-                changed = cur.execute(self.q.FINISH_SUCCEEDED, (result_json, task_id, fence))
-            elif task_state is TaskState.QUEUED:
-                micros = int((retry_delay or 0.0) * 1_000_000)
-                # A failure of the task counts against max_attempts; an attempt the
-                # node gave up (self-fencing, shutdown) counts as a reclaim instead.
-                changed = cur.execute(
-                    self.q.FINISH_RETRY,
-                    (
-                        int(counts_as_failure),
-                        int(not counts_as_failure),
-                        micros,
-                        error_type,
-                        task_message,
-                        task_id,
-                        fence,
-                    ),
-                )
-            else:
-                changed = cur.execute(
-                    self.q.FINISH_FAILED,
-                    (
-                        task_state.value,
-                        int(counts_as_failure),
-                        error_type,
-                        task_message,
-                        task_id,
-                        fence,
-                    ),
-                )
-            if not changed:
-                return False
-            cur.execute(
-                self.q.END_ATTEMPT,
-                (
-                    outcome.value,
-                    error_type,
-                    error_message,
-                    traceback,
-                    tail,
-                    task_id,
-                    attempt,
-                    fence,
-                ),
-            )
-            return True
+    def finish_many(self, records: list[Finish]) -> list[bool]:
+        """Record a batch of endings in one transaction, each fenced on its own.
 
-        def reread(cur: Cursor) -> bool | None:
-            # After an ambiguous commit: our write applied iff our attempt row has ended
-            # with our outcome; otherwise run the (fenced) write again.
-            cur.execute(self.q.GET_ATTEMPTS, (task_id,))
-            for row in cur.fetchall():
-                if int(row["attempt"]) == attempt and int(row["fence"]) == fence:
-                    return True if row["outcome"] == outcome.value else None
-            return None
+        ``False`` for a record means its token is stale: nothing of it was written.
+        """
+        if not records:
+            return []
+
+        def fn(cur: Cursor) -> list[bool]:
+            return [self._finish_one(cur, record) for record in records]
+
+        def reread(cur: Cursor) -> list[bool] | None:
+            # After an ambiguous COMMIT: the batch applied (all or nothing) iff some
+            # attempt row of ours ended with our outcome; otherwise write it again,
+            # which the fences make harmless.
+            ids = sorted({r.task_id for r in records})
+            cur.execute(self.q.ENDED_ATTEMPTS.format(ids=", ".join(["%s"] * len(ids))), ids)
+            ended = {
+                (int(row["task_id"]), int(row["attempt"]), int(row["fence"])): row["outcome"]
+                for row in cur.fetchall()
+            }
+            applied = [
+                ended.get((r.task_id, r.attempt, r.fence)) == r.outcome.value for r in records
+            ]
+            return applied if any(applied) else None
 
         return self.db.run(fn, on_ambiguous=reread)
+
+    def _finish_one(self, cur: Cursor, r: Finish) -> bool:
+        task_message = r.error_message if r.task_error_message is None else r.task_error_message
+        if r.task_state is TaskState.SUCCEEDED:
+            changed = cur.execute(self.q.FINISH_SUCCEEDED, (r.result_json, r.task_id, r.fence))
+        elif r.task_state is TaskState.QUEUED:
+            micros = int((r.retry_delay or 0.0) * 1_000_000)
+            # A failure of the task counts against max_attempts; an attempt the
+            # node gave up (self-fencing, shutdown) counts as a reclaim instead.
+            changed = cur.execute(
+                self.q.FINISH_RETRY,
+                (
+                    int(r.counts_as_failure),
+                    int(not r.counts_as_failure),
+                    micros,
+                    r.error_type,
+                    task_message,
+                    r.task_id,
+                    r.fence,
+                ),
+            )
+        else:
+            changed = cur.execute(
+                self.q.FINISH_FAILED,
+                (
+                    r.task_state.value,
+                    int(r.counts_as_failure),
+                    r.error_type,
+                    task_message,
+                    r.task_id,
+                    r.fence,
+                ),
+            )
+        if not changed:
+            return False
+        tail = None if r.output_tail is None else r.output_tail[-MAX_TAIL:]
+        cur.execute(
+            self.q.END_ATTEMPT,
+            (
+                r.outcome.value,
+                r.error_type,
+                r.error_message,
+                r.traceback,
+                tail,
+                r.task_id,
+                r.attempt,
+                r.fence,
+            ),
+        )
+        return True
 
     # -- leader ------------------------------------------------------------------
     def take_leadership(self, name: str, epoch: int, node: str) -> bool:

@@ -25,7 +25,7 @@ import pytest
 
 from taskman import Client, Outcome, TaskState
 from taskman.dsn import parse_dsn
-from taskman.store import TaskStore
+from taskman.store import ClaimRequest, Finish, TaskStore
 
 FN = "demo.tasks:add"
 PLUGINS = {"demo": ["1.0"]}
@@ -286,3 +286,34 @@ def test_a_connection_lost_during_session_setup_is_retried(
         assert proxy.dropped.is_set()
     assert _count(dsn) == 1
     assert _row(dsn, task_id)["args"] == '["first"]'
+
+
+def test_batches_whose_commit_reply_is_lost_report_each_task_as_stored(
+    dsn: str, proxy: CommitReplyDropper
+) -> None:
+    with Client(dsn) as client:
+        ours, theirs = (client.submit(FN, plugin="demo", args=[i]) for i in range(2))
+    other = TaskStore(dsn)
+    node = TaskStore(_via(dsn, proxy))
+    try:
+        assert other.claim(theirs, 0, 900, "n-b", "dc1", "1.0") is not None
+        batch = [ClaimRequest(ours, 0, 100, "1.0"), ClaimRequest(theirs, 0, 100, "1.0")]
+        proxy.arm()
+        claims = node.claim_many(batch, "n-a", "dc1")
+        assert proxy.dropped.is_set()
+        assert claims[0] is not None and claims[0].fence == 100
+        assert claims[1] is None  # a larger token holds it: not ours, whatever the reread saw
+
+        records = [
+            Finish(ours, 1, 100, Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="1"),
+            Finish(theirs, 1, 100, Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="2"),
+        ]
+        proxy.arm()
+        applied = node.finish_many(records)
+        assert proxy.dropped.is_set()
+    finally:
+        node.close()
+        other.close()
+    assert _row(dsn, ours)["_attempts"] == [(1, 100, "succeeded")]
+    assert _row(dsn, theirs)["state"] == "running"
+    assert applied == [True, False]

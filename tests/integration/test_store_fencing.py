@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from taskman import Client, Outcome, TaskState
-from taskman.store import RunningTask, TaskStore
+from taskman.store import ClaimRequest, Finish, RunningTask, TaskStore
 from tests.integration.backends import raw as _raw
 from tests.integration.backends import seconds_from_now, shift
 
@@ -563,3 +563,66 @@ def test_success_is_recorded_at_most_once(dsn: str, store: TaskStore, task_id: i
     assert store.progress(task_id, 100, 0.1, "after the end") is False
     assert store.claim(task_id, 1, 500, "n-b", DC, "1.0") is None
     assert _rows(dsn, task_id) == done
+
+
+def test_a_claim_batch_takes_what_it_can_and_fences_each_task_on_its_own(
+    dsn: str, store: TaskStore
+) -> None:
+    with Client(dsn) as client:
+        free, taken, gone = (client.submit(FN, plugin="demo", args=[i, i]) for i in range(3))
+        client.abort(gone)
+    assert store.claim(taken, 0, 500, "n-other", DC, "1.0") is not None
+    batch = [
+        ClaimRequest(free, 0, 100, "1.0"),
+        ClaimRequest(taken, 0, 100, "1.0"),  # someone else holds it with a larger token
+        ClaimRequest(gone, 0, 100, "1.0"),  # aborted while queued
+    ]
+    claims = store.claim_many(batch, "n-a", DC)
+    assert [c is not None for c in claims] == [True, False, False]
+    assert claims[0] is not None and (claims[0].task_id, claims[0].fence) == (free, 100)
+    assert claims[0].args == [0, 0]
+    assert _rows(dsn, taken)[0]["fence"] == 500
+    assert _rows(dsn, taken)[0]["owner"] == "n-other"
+    assert _rows(dsn, gone)[0]["state"] == "aborted"
+    assert [a["fence"] for a in _rows(dsn, free)[1]] == [100]
+
+
+def test_a_finish_batch_writes_the_current_owners_and_nothing_of_the_stale(
+    dsn: str, store: TaskStore
+) -> None:
+    with Client(dsn) as client:
+        ids = [client.submit(FN, plugin="demo", args=[i, i], max_attempts=3) for i in range(3)]
+    claims = store.claim_many([ClaimRequest(t, 0, 100 + t, "1.0") for t in ids], "n-a", DC)
+    assert all(c is not None for c in claims)
+    stale = ids[1]
+    assert store.take_leadership("reaper", 1, "n1")
+    lost = _running(store, stale)
+    assert store.reclaim(
+        lost, outcome=Outcome.NODE_LOST, reason="r", give_up=False, role="reaper", epoch=1
+    )
+    before_stale = _rows(dsn, stale)
+    records = [
+        Finish(ids[0], 1, 100 + ids[0], Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="1"),
+        Finish(stale, 1, 100 + stale, Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="2"),
+        Finish(
+            ids[2],
+            1,
+            100 + ids[2],
+            Outcome.ERROR,
+            TaskState.QUEUED,
+            error_type="ValueError",
+            error_message="boom",
+            retry_delay=5.0,
+        ),
+    ]
+    assert store.finish_many(records) == [True, False, True]
+    assert _rows(dsn, stale) == before_stale
+    done, attempts = _rows(dsn, ids[0])
+    assert (done["state"], done["result"], attempts[0]["outcome"]) == (
+        "succeeded",
+        "1",
+        "succeeded",
+    )
+    retry, attempts = _rows(dsn, ids[2])
+    assert (retry["state"], retry["failures"], retry["error_type"]) == ("queued", 1, "ValueError")
+    assert attempts[0]["outcome"] == "error"
