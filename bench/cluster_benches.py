@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CpuMeter,
     Lab,
     count_states,
     descendants,
@@ -23,6 +25,15 @@ from taskman.plugins import EXAMPLES_DIR
 from taskman.store import Database
 
 BENCH_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+def _is_zygote(pid: int, node_pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return parent == node_pid and b"zygote.py" in cmdline
 
 
 def zygote_supported() -> bool:
@@ -91,11 +102,19 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
     """
     dsn = lab.fresh_database()
     fill_queued(dsn, tasks)
+    meter = CpuMeter()
+    meter.add("mariadb", [pid for pid in [lab.mariadb.pid] if pid])
+    meter.add("zookeeper", [pid for pid in lab.zookeeper.pids if pid])
     started = [n.start(wait=None) for n in _nodes(lab, dsn, mode, nodes, slots=slots)]
+    meter.add("node+runners", [n.pid for n in started])
     try:
         t0 = time.monotonic()
         wait_all_finished(dsn, tasks, timeout=max(120.0, tasks / 5))
         wall = time.monotonic() - t0
+        # Zygotes started with the first task: all their CPU time counts.
+        zygotes = [z for n in started for z in descendants(n.pid) if _is_zygote(z, n.pid)]
+        meter.add("zygote+intermediates", zygotes, from_zero=True)
+        cpu = meter.stop()
         db = Database(dsn)
         try:
             row = db.query(
@@ -117,6 +136,13 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
         "tasks_per_s": round(tasks / span, 1),
         "wall_incl_node_start_s": round(wall, 2),
         "states": states,
+        # CPU per task by process group, node start-up included: steadier than
+        # tasks/s on a shared 2-core machine, and it shows where the time goes.
+        "cpu_ms_per_task": {
+            **{group: round(secs * 1000 / tasks, 2) for group, secs in cpu.items()},
+            "total": round(sum(cpu.values()) * 1000 / tasks, 2),
+        },
+        "cpu_busy": round(sum(cpu.values()) / (wall * (os.cpu_count() or 1)), 2),
     }
 
 

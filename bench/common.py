@@ -265,3 +265,39 @@ def raw_connection(dsn: str) -> pymysql.connections.Connection:
         autocommit=True,
         ssl_disabled=True,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and of its children it has reaped (user + system), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent by groups of processes between start() and stop().
+
+    Runners are reaped by their node (a child subreaper), so their time lands in
+    the node's figure; the zygote's intermediates land in the zygote's.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[str, list[int]] = {}
+        self._start: dict[int, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def add(self, group: str, pids: list[int], *, from_zero: bool = False) -> None:
+        """Count these processes from now on (``from_zero``: all their time so far too)."""
+        self._groups.setdefault(group, [])
+        for pid in pids:
+            if pid not in self._start:
+                self._groups[group].append(pid)
+                self._start[pid] = 0.0 if from_zero else cpu_seconds(pid)
+
+    def stop(self) -> dict[str, float]:
+        for group, pids in self._groups.items():
+            self.seconds[group] = sum(cpu_seconds(p) - self._start[p] for p in pids)
+        return self.seconds

@@ -117,7 +117,14 @@ class ClaimLease:
             wait(self.client.delete_async(path))
 
     def live_claims(self) -> set[str]:
-        """Names (``<task>.<attempt>``) of every claim whose owner's session is alive."""
+        """Names (``<task>.<attempt>``) of every claim whose owner's session is alive.
+
+        ZooKeeper reads are served by the server this session talks to, which may
+        lag the leader: a claim created (and its row moved to running) moments ago
+        could be missing, and the reaper would take a live attempt for an orphan.
+        sync() first brings that server up to date with the leader.
+        """
+        wait(self.client.sync_async(self.paths.claims))
         return set(wait(self.client.get_children_async(self.paths.claims)))
 
     def token_of(self, task_id: int, attempt: int) -> int | None:

@@ -52,7 +52,6 @@ from taskman.dsn import parse_dsn
 from taskman.errors import (
     CoordinationError,
     PluginError,
-    RunnerError,
     SchemaError,
     StoreError,
 )
@@ -565,12 +564,7 @@ class Node:
             run_as=plugin.run_as,
         )
         runner = Runner(spec, self.events)
-        try:
-            runner.start()
-        except RunnerError as exc:
-            ending = failure_ending(claim, Outcome.CRASHED, "RunnerError", str(exc))
-            self._finish_without_runner(claim, ending)
-            return 1
+        runner.launch()  # the fork happens beside this loop; a failed start comes back as an exit
         deadline = None if claim.timeout is None else time.monotonic() + claim.timeout
         active = ActiveAttempt(claim=claim, plugin=plugin, runner=runner, deadline=deadline)
         self.active[claim.task_id] = active
@@ -598,9 +592,9 @@ class Node:
                 active.reported = True
                 active.final = message
         elif kind == "exit":
-            self._on_exit(active, message.get("code"))
+            self._on_exit(active, message.get("code"), message.get("error"))
 
-    def _on_exit(self, active: ActiveAttempt, code: int | None) -> None:
+    def _on_exit(self, active: ActiveAttempt, code: int | None, start_error: str | None) -> None:
         claim = active.claim
         active.runner.kill()  # the process group: stray grandchildren die with the attempt
         active.runner.close()
@@ -609,7 +603,11 @@ class Node:
             self._release(claim.task_id, claim.attempt)
             return
         cap = self.config.retry_backoff_max
-        if active.final is not None and active.stop_reason is not Outcome.FENCED:
+        if start_error is not None and active.stop_reason is None:
+            ending = failure_ending(
+                claim, Outcome.CRASHED, "RunnerError", start_error, backoff_cap=cap
+            )
+        elif active.final is not None and active.stop_reason is not Outcome.FENCED:
             ending = ending_from_message(active, active.final, cap)
         else:
             ending = ending_from_exit(

@@ -1,8 +1,10 @@
 """The leader's duties: reclaim orphaned attempts, expire overdue tasks, fail unrunnable ones.
 
 Reclaim compares the database with ZooKeeper in this order: read the running
-tasks, then list the live claims. An owner records its outcome before it drops
-its claim, so "running, and its claim is gone" can only mean the owner died.
+tasks, then list the live claims (after a sync, so the ZooKeeper server answering
+has applied every claim created before the rows were read). An owner records its
+outcome before it drops its claim, so "running, and its claim is gone" can only
+mean the owner died.
 Each reclaim is one UPDATE fenced on the old token and guarded by the leader's
 epoch; if it races the owner's own outcome write, one of them matches 0 rows.
 

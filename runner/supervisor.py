@@ -87,12 +87,54 @@ class Runner:
     _tail: deque[bytes] = field(default_factory=deque)
     _tail_size: int = 0
     _output_done: threading.Event = field(default_factory=threading.Event)
+    _state_lock: threading.Lock = field(default_factory=threading.Lock)
+    _spawned: bool = False  # the child exists (or its start failed for good)
+    _pending_signal: int | None = None  # sent before the child existed
     exit_code: int | None = None
     output_bytes: int = 0
     output_exceeded: bool = False
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
+        """Start the child now; raises RunnerError if it cannot be started."""
+        self.started_at = self.last_heard = time.monotonic()
+        self._spawn()
+        with self._state_lock:
+            self._spawned = True
+        name = f"runner-{self.spec.task_id}"
+        threading.Thread(target=self._read_messages, name=name, daemon=True).start()
+        threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
+
+    def launch(self) -> None:
+        """Start the child from a thread of its own, so the caller never waits for it.
+
+        The node's loop launches: the zygote's fork (or a cold spawn) then overlaps
+        its database and ZooKeeper work. A start that fails arrives as the exit
+        event ``{"t": "exit", "code": None, "error": ...}``; a signal sent before the
+        child exists is delivered the moment it does.
+        """
+        self.started_at = self.last_heard = time.monotonic()
+        name = f"runner-{self.spec.task_id}"
+        threading.Thread(target=self._launch, name=name, daemon=True).start()
+
+    def _launch(self) -> None:
+        try:
+            self._spawn()
+        except RunnerError as exc:
+            with self._state_lock:
+                self._spawned = True  # for good: nothing left to signal
+            self.events.put(RunnerEvent(self, {"t": "exit", "code": None, "error": str(exc)}))
+            return
+        with self._state_lock:
+            self._spawned = True
+            pending = self._pending_signal
+        if pending is not None:
+            self.signal(pending)
+        name = f"runner-{self.spec.task_id}-out"
+        threading.Thread(target=self._read_output, name=name, daemon=True).start()
+        self._read_messages()
+
+    def _spawn(self) -> None:
         parent_sock, child_sock = socket.socketpair()
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         env.update(self.spec.env)
@@ -135,28 +177,27 @@ class Runner:
         tracker = pool or self.zygotes or existing_pool()
         if tracker is not None:
             tracker.track(self.pid)  # orphans left in its session get reaped
+        spec = {
+            "t": "spec",
+            "task_id": self.spec.task_id,
+            "attempt": self.spec.attempt,
+            "fence": self.spec.fence,
+            "function": self.spec.function,
+            "args": self.spec.args,
+            "kwargs": self.spec.kwargs,
+            "sys_path": self.spec.sys_path,
+            "runtime_path": _runtime_path(),
+            "heartbeat_interval": self.spec.heartbeat_interval,
+            "watchdog_timeout": self.spec.watchdog_timeout,
+            "limits": self.spec.limits,
+            "run_as": self.spec.run_as,
+        }
+        # The spec must be the child's first message: other threads (the node's guard
+        # pings) can send only once _sock is set, after it.
+        with contextlib.suppress(OSError):  # a child that died at once: its exit tells why
+            parent_sock.sendall(protocol.encode(spec))
+        self.last_heard = time.monotonic()
         self._sock = parent_sock
-        self.started_at = self.last_heard = time.monotonic()
-        self.send(
-            {
-                "t": "spec",
-                "task_id": self.spec.task_id,
-                "attempt": self.spec.attempt,
-                "fence": self.spec.fence,
-                "function": self.spec.function,
-                "args": self.spec.args,
-                "kwargs": self.spec.kwargs,
-                "sys_path": self.spec.sys_path,
-                "runtime_path": _runtime_path(),
-                "heartbeat_interval": self.spec.heartbeat_interval,
-                "watchdog_timeout": self.spec.watchdog_timeout,
-                "limits": self.spec.limits,
-                "run_as": self.spec.run_as,
-            }
-        )
-        name = f"runner-{self.spec.task_id}"
-        threading.Thread(target=self._read_messages, name=name, daemon=True).start()
-        threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
 
     # -- talk ----------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> bool:
@@ -208,6 +249,8 @@ class Runner:
                 while self._tail_size - len(self._tail[0]) >= OUTPUT_TAIL:
                     self._tail_size -= len(self._tail.popleft())
         finally:
+            with contextlib.suppress(OSError):
+                stream.close()  # the read end is ours alone: never leave it to the GC
             self._output_done.set()
 
     def output_tail(self) -> str:
@@ -215,6 +258,12 @@ class Runner:
 
     # -- stop ----------------------------------------------------------------
     def signal(self, signum: int) -> None:
+        with self._state_lock:
+            if not self._spawned:
+                # Launched but not started yet: SIGKILL outranks SIGTERM.
+                if self._pending_signal != signal.SIGKILL:
+                    self._pending_signal = signum
+                return
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -33,6 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,6 +214,7 @@ class ZygotePool:
         if not self.enabled:
             self.log("zygote.disabled", reason="PR_SET_CHILD_SUBREAPER is not available")
         self._closed = threading.Event()
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zygote-spawner")
         if self.enabled:
             threading.Thread(target=self._reap_orphans, name="orphan-reaper", daemon=True).start()
 
@@ -264,7 +266,10 @@ class ZygotePool:
             if time.monotonic() < self.failed_until.get(key, 0.0):
                 raise ZygoteUnavailableError("zygote failed to start recently")
             try:
-                zygote = Zygote(spec, env, runtime_path)
+                # Started from the pool's own long-lived thread: a zygote's parent-death
+                # signal fires when the *thread* that started it ends, and runners are
+                # launched from short-lived threads.
+                zygote = self._spawner.submit(Zygote, spec, env, runtime_path).result()
             except ZygoteUnavailableError as exc:
                 self.failed_until[key] = time.monotonic() + RETRY_AFTER
                 self.log("zygote.start_failed", python=spec.python, error=str(exc))
@@ -298,6 +303,7 @@ class ZygotePool:
             zygotes, self.zygotes = list(self.zygotes.values()), {}
         for zygote in zygotes:
             zygote.close()
+        self._spawner.shutdown(wait=False)
 
 
 def _children(pid: int) -> list[int]:
