@@ -29,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", nargs="*", choices=ALL, help="figures to measure (default: all)")
     parser.add_argument("--tasks", type=int, default=5000, help="no-op tasks per throughput run")
-    parser.add_argument("--slots", type=int, default=4, help="runner slots per node")
+    parser.add_argument(
+        "--slots", type=int, default=16, help="runner slots per node (no-op tasks: mostly start-up)"
+    )
     parser.add_argument("--starts", type=int, default=100, help="runner starts per mode")
     parser.add_argument("--latency-samples", type=int, default=60)
     parser.add_argument("--claims", type=int, default=400, help="claims per queue size")

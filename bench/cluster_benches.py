@@ -106,14 +106,14 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
     meter.add("mariadb", [pid for pid in [lab.mariadb.pid] if pid])
     meter.add("zookeeper", [pid for pid in lab.zookeeper.pids if pid])
     started = [n.start(wait=None) for n in _nodes(lab, dsn, mode, nodes, slots=slots)]
-    meter.add("node+runners", [n.pid for n in started])
+    meter.add("node (+cold runners)", [n.pid for n in started])
     try:
         t0 = time.monotonic()
         wait_all_finished(dsn, tasks, timeout=max(120.0, tasks / 5))
         wall = time.monotonic() - t0
         # Zygotes started with the first task: all their CPU time counts.
         zygotes = [z for n in started for z in descendants(n.pid) if _is_zygote(z, n.pid)]
-        meter.add("zygote+intermediates", zygotes, from_zero=True)
+        meter.add("zygote (+forked runners)", zygotes, from_zero=True)
         cpu = meter.stop()
         db = Database(dsn)
         try:

@@ -280,8 +280,8 @@ def cpu_seconds(pid: int) -> float:
 class CpuMeter:
     """CPU seconds spent by groups of processes between start() and stop().
 
-    Runners are reaped by their node (a child subreaper), so their time lands in
-    the node's figure; the zygote's intermediates land in the zygote's.
+    A runner's time lands with whoever reaps it: the node for a cold-spawned one,
+    the zygote for a forked one.
     """
 
     def __init__(self) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import resource
+import select
 import signal
 import socket
 import sys
@@ -35,9 +36,12 @@ MAX_RESULT = 8 * 1024 * 1024
 
 
 class Channel:
+    """JSON lines over the node's socket, read with our own buffer so a reader can wait
+    with a timeout (one thread both listens and heartbeats)."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.rfile = sock.makefile("rb")
+        self.buffer = b""
         self.lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> None:
@@ -48,10 +52,18 @@ class Channel:
             except OSError:
                 die("node pipe closed")
 
-    def recv(self) -> dict[str, Any] | None:
-        line = self.rfile.readline()
-        if not line:
-            return None
+    def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next message; None at EOF. Raises TimeoutError if none came in ``timeout``."""
+        while b"\n" not in self.buffer:
+            if timeout is not None:
+                ready, _, _ = select.select([self.sock], [], [], timeout)
+                if not ready:
+                    raise TimeoutError
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
         value = json.loads(line)
         return value if isinstance(value, dict) else None
 
@@ -72,8 +84,12 @@ _parent_pid = 0  # the process this runner must not outlive (node, or zygote)
 
 
 def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when ``parent_pid`` (the node) dies; 0: not at all (a runner
+    forked by a zygote, which the node's death ends through EOF on its socket)."""
     global _parent_pid
     _parent_pid = parent_pid
+    if parent_pid == 0:
+        return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -136,7 +152,8 @@ def drop_privileges(run_as: list[int] | None) -> None:
         os.setuid(uid)
     if os.getuid() != uid or os.geteuid() != uid:
         die("could not drop privileges")
-    die_with_parent(_parent_pid or os.getppid())
+    if _parent_pid:
+        die_with_parent(_parent_pid)
 
 
 def limit_exceeded(exc: BaseException, limits: dict[str, int]) -> str | None:
@@ -185,35 +202,39 @@ def main() -> None:
     watchdog = float(spec["watchdog_timeout"])
     last_ping = [time.monotonic()]
 
-    def listen() -> None:
+    def serve_node() -> None:
+        # One thread: the node's pings and abort requests in, heartbeats out, and
+        # the watchdog. A thread less to start in every runner.
+        interval = min(float(spec["heartbeat_interval"]), watchdog / 4)
+        next_beat = time.monotonic() + interval
         while True:
             try:
-                message = channel.recv()
+                message = channel.recv(timeout=max(0.0, next_beat - time.monotonic()))
+            except TimeoutError:
+                message = {}
             except (OSError, ValueError):
                 message = None
             if message is None:
                 die("node pipe closed")
                 return
-            last_ping[0] = time.monotonic()
-            if message.get("t") == "abort":
-                runtime._ctx.abort.set()
-
-    def heartbeat() -> None:
-        interval = float(spec["heartbeat_interval"])
-        while True:
-            time.sleep(min(interval, watchdog / 4))
-            if time.monotonic() - last_ping[0] > watchdog:
-                die(f"no word from the node for {watchdog:.1f} s")
-            runtime._flush()
-            channel.send({"t": "hb"})
+            now = time.monotonic()
+            if message:
+                last_ping[0] = now
+                if message.get("t") == "abort":
+                    runtime._ctx.abort.set()
+            if now >= next_beat:
+                next_beat = now + interval
+                if now - last_ping[0] > watchdog:
+                    die(f"no word from the node for {watchdog:.1f} s")
+                runtime._flush()
+                channel.send({"t": "hb"})
 
     def on_term(signum: int, frame: Any) -> None:
         runtime._ctx.abort.set()
         raise runtime.Terminated("stopped by the node")
 
     signal.signal(signal.SIGTERM, on_term)
-    threading.Thread(target=listen, name="listen", daemon=True).start()
-    threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
+    threading.Thread(target=serve_node, name="node", daemon=True).start()
 
     limits = dict(spec.get("limits") or {})
     apply_limits(limits)

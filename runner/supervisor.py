@@ -266,8 +266,14 @@ class Runner:
                 return
         if self.process is None or self.process.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            # Forked a moment ago, before its setsid(): no group yet, and no children.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signum)
+        except PermissionError:
+            pass
 
     def terminate(self) -> None:
         self.signal(signal.SIGTERM)

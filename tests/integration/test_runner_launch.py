@@ -153,3 +153,29 @@ def test_a_launch_that_cannot_start_reports_why_in_its_exit_event(pool: ZygotePo
     assert "cannot start /nonexistent/python3" in str(exit_message["error"])
     assert final is None
     assert not runner.alive
+
+
+def test_exit_status_reaches_the_waiter_while_another_thread_polls(pool: ZygotePool) -> None:
+    # The node's loop polls every runner (runner.alive) while the runner's own thread
+    # waits for its exit status: whichever sees the zygote's report first, both must
+    # see it. (A version where the poll consumed the report left the waiter hanging.)
+    events: queue.Queue[RunnerEvent] = queue.Queue()
+    for task_id in range(1, 31):
+        runner = Runner(spec(task_id, "demo.tasks:add", [task_id, 0]), events, zygotes=pool)
+        done = threading.Event()
+
+        def poll(runner: Runner = runner, done: threading.Event = done) -> None:
+            while not done.is_set():
+                _ = runner.alive
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        runner.launch()
+        try:
+            exit_message, final = run_to_exit(runner, events, timeout=10)
+        finally:
+            done.set()
+            poller.join()
+        runner.close()
+        assert exit_message["code"] == 0
+        assert final == {"t": "result", "value": task_id}
