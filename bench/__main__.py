@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="*", choices=ALL, help="figures to measure (default: all)")
     parser.add_argument("--tasks", type=int, default=5000, help="no-op tasks per throughput run")
     parser.add_argument(
-        "--slots", type=int, default=16, help="runner slots per node (no-op tasks: mostly start-up)"
+        "--slots", type=int, default=24, help="runner slots per node (no-op tasks: mostly start-up)"
     )
     parser.add_argument("--starts", type=int, default=100, help="runner starts per mode")
     parser.add_argument("--latency-samples", type=int, default=60)
