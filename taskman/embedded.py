@@ -145,6 +145,6 @@ def run_dev(db: Path, plugins: list[Path], host: str, port: int, slots: int) -> 
             flush=True,
         )
         try:
-            node.run()  # the main thread: runners die with it (PR_SET_PDEATHSIG)
+            node.run()  # the main thread: runners die with it (parent-death signal, socket EOF)
         finally:
             server.should_exit = True
