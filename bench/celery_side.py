@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 APP_MODULE = "bench.celery_app"
+ROOT = Path(__file__).resolve().parent.parent  # where `bench` imports from
 
 
 def unavailable(broker: str) -> str | None:
@@ -83,9 +84,8 @@ def throughput(tasks: int, broker: str, max_tasks_per_child: int | None) -> dict
         ]
         if max_tasks_per_child is not None:
             command += ["--max-tasks-per-child", str(max_tasks_per_child)]
-        root = Path(__file__).resolve().parent.parent
         t0 = time.monotonic()
-        worker = subprocess.Popen(command, env=env, cwd=root, stdout=subprocess.DEVNULL)
+        worker = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + max(120.0, tasks / 2)
             while _count(stamps) < tasks:
@@ -125,8 +125,7 @@ def _publish(tasks: int, env: dict[str, str]) -> None:
         "    for i in range(int(sys.argv[1])):\n"
         "        add.apply_async((i, i), producer=producer)\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-c", code, str(tasks)], env=env, cwd=root, check=True)
+    subprocess.run([sys.executable, "-c", code, str(tasks)], env=env, cwd=ROOT, check=True)
 
 
 def _delete_queue(queue: str, env: dict[str, str]) -> None:
@@ -135,8 +134,7 @@ def _delete_queue(queue: str, env: dict[str, str]) -> None:
         "with app.connection_for_write() as conn:\n"
         "    conn.default_channel.queue_delete(sys.argv[1])\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-c", code, queue], env=env, cwd=root, check=False)
+    subprocess.run([sys.executable, "-c", code, queue], env=env, cwd=ROOT, check=False)
 
 
 def _count(stamps: Path) -> int:

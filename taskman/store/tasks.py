@@ -459,43 +459,13 @@ class TaskStore:
     def progress(self, task_id: int, fence: int, fraction: float, message: str) -> bool:
         return self.db.execute(self.q.PROGRESS, (fraction, message[:1000], task_id, fence)) == 1
 
-    def finish(
-        self,
-        *,
-        task_id: int,
-        attempt: int,
-        fence: int,
-        outcome: Outcome,
-        task_state: TaskState,
-        result_json: str | None = None,
-        error_type: str | None = None,
-        error_message: str | None = None,
-        traceback: str | None = None,
-        output_tail: str | None = None,
-        retry_delay: float | None = None,
-        counts_as_failure: bool = True,
-        task_error_message: str | None = None,
-    ) -> bool:
-        """Record how an attempt ended, fenced. ``task_state`` QUEUED means: retry after ``retry_delay``.
+    def finish(self, **fields: Any) -> bool:
+        """Record how one attempt ended (the fields of ``Finish``), fenced.
 
-        Returns False when the token is stale: nothing was written.
+        ``task_state`` QUEUED means: retry after ``retry_delay``. Returns False when
+        the token is stale: nothing was written.
         """
-        record = Finish(
-            task_id=task_id,
-            attempt=attempt,
-            fence=fence,
-            outcome=outcome,
-            task_state=task_state,
-            result_json=result_json,
-            error_type=error_type,
-            error_message=error_message,
-            traceback=traceback,
-            output_tail=output_tail,
-            retry_delay=retry_delay,
-            counts_as_failure=counts_as_failure,
-            task_error_message=task_error_message,
-        )
-        return self.finish_many([record])[0]
+        return self.finish_many([Finish(**fields)])[0]
 
     def finish_many(self, records: list[Finish]) -> list[bool]:
         """Record a batch of endings in one transaction, each fenced on its own.
