@@ -20,6 +20,7 @@ _TESTS_DIR = Path(__file__).resolve().parent
 _MARKED_DIRS = {
     _TESTS_DIR / "integration": "integration",
     _TESTS_DIR / "chaos": "chaos",
+    _TESTS_DIR / "faults": "faults",
 }
 
 
