@@ -7,18 +7,16 @@ changes nothing when it wakes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from kazoo.exceptions import KazooException
-
 from taskman import metrics
 from taskman.cluster.reaper import Reaper, ReapReport
 from taskman.cluster.ticker import Ticker
 from taskman.config import NodeConfig
-from taskman.errors import TaskmanError
 from taskman.states import TaskState
 from taskman.store import TaskStore, make_database
 from taskman.store.schedules import ScheduleStore
@@ -44,6 +42,11 @@ class Leadership:
         self.on_change = on_change
         self._next_depth = 0.0
         self._next_prune = 0.0
+        self._term: int | None = None  # the epoch this node leads under, if it leads
+        self._last_ok = time.monotonic()  # the last completed pass while leading
+        self._election: Any = None
+        self._resigned = False  # gave the office up; contend again once the database answers
+        self.resign_after = config.heartbeat_timeout / 3
 
     def retention(self) -> dict[TaskState, float]:
         cfg = self.config
@@ -75,10 +78,19 @@ class Leadership:
         metrics.QUEUE_DEPTH.clear()
 
     def run(self) -> None:
+        """Lead while elected and able; no error ends this thread (invariant 10)."""
         cfg = self.config
-        election = self.coord.election()
+        election = self._election = self.coord.election()
+        # The leader's calls end within half of heartbeat_timeout: a leader stuck on
+        # its database must notice it soon enough to hand the duty to another node.
+        db = make_database(
+            cfg.dsn,
+            retry_deadline=cfg.database_deadline,
+            connect_timeout=cfg.database_deadline,
+            read_timeout=cfg.heartbeat_timeout / 2,
+        )
         reaper = Reaper(
-            TaskStore(make_database(cfg.dsn)),
+            TaskStore(db),
             self.coord.lease,
             self.coord.members,
             heartbeat_timeout=cfg.heartbeat_timeout,
@@ -86,39 +98,79 @@ class Leadership:
             unrunnable_grace=cfg.unrunnable_grace,
         )
         ticker = Ticker(ScheduleStore(reaper.store.db))  # same connection, same thread
-        term: int | None = None
         while not self.done.is_set():
-            if not self.coord.monitor.healthy(within=cfg.session_timeout / 3):
-                if term is not None:
-                    self._step_down(term)
-                    term = None
-                    election.resign()
-                time.sleep(0.2)
-                continue
-            epoch = election.try_acquire(timeout=2.0)
-            if epoch is None:
-                if term is not None:
-                    self._step_down(term)
-                    term = None
-                continue
             try:
-                if epoch != term:
-                    if not reaper.take_office(cfg.node_id, epoch):
-                        self.log.warning("leader.superseded", epoch=epoch)
-                        election.resign()
-                        time.sleep(1.0)
-                        continue
-                    term = epoch
-                    self.on_change(True)
-                    self.log.info("leader.elected", epoch=epoch)
-                ticker.run(epoch)  # first: it never raises, so a failing reap cannot stall ticks
-                self._publish(reaper.reap(epoch), reaper)
-                self._prune(reaper, epoch)
-            except (TaskmanError, KazooException) as exc:
-                self.log.warning("leader.reap_failed", error=str(exc))
+                self._pass(election, reaper, ticker)
+            except Exception as exc:  # noqa: BLE001 - logged, counted, survived
+                metrics.LOOP_ERRORS.labels("leader").inc()
+                self.log.error("loop.error", loop="leader", error=f"{type(exc).__name__}: {exc}")
             time.sleep(REAP_INTERVAL)
-        election.resign()
+        with contextlib.suppress(Exception):
+            election.resign()
         reaper.store.close()
+
+    def check_stuck(self) -> None:
+        """Called from the node's guard thread: give the office up if leading has stalled.
+
+        A leader blocked in a database call cannot resign itself, and while it holds
+        the office nobody reclaims, expires or ticks. After ``resign_after`` without
+        a completed pass it resigns from here; its own late writes are fenced by its
+        epoch, and it contends again only once its database answers.
+        """
+        term, election = self._term, self._election
+        if term is None or election is None:
+            return
+        stuck_for = time.monotonic() - self._last_ok
+        if stuck_for < self.resign_after:
+            return
+        self._resigned = True
+        self._term = None
+        self.log.error(
+            "leader.resigned",
+            epoch=term,
+            reason=f"no leader pass has completed for {stuck_for:.1f} s",
+        )
+        metrics.LEADER_RESIGNED.inc()
+        self._step_down(term)
+        with contextlib.suppress(Exception):
+            election.resign()
+
+    def _pass(self, election: Any, reaper: Reaper, ticker: Ticker) -> None:
+        cfg = self.config
+        if not self.coord.monitor.healthy(within=cfg.session_timeout / 3):
+            if self._term is not None:
+                self._step_down(self._term)
+                self._term = None
+                election.resign()
+            time.sleep(0.2)
+            return
+        if self._resigned:
+            # Contend again only once the database answers: a node that cannot
+            # reach it would take the office only to fail at it.
+            if not reaper.store.db.ping():
+                time.sleep(1.0)
+                return
+            self._resigned = False
+        epoch = election.try_acquire(timeout=2.0)
+        if epoch is None:
+            if self._term is not None:
+                self._step_down(self._term)
+                self._term = None
+            return
+        if epoch != self._term:
+            if not reaper.take_office(self.config.node_id, epoch):
+                self.log.warning("leader.superseded", epoch=epoch)
+                election.resign()
+                time.sleep(1.0)
+                return
+            self._term = epoch
+            self._last_ok = time.monotonic()
+            self.on_change(True)
+            self.log.info("leader.elected", epoch=epoch)
+        ticker.run(epoch)  # first: it never raises, so a failing reap cannot stall ticks
+        self._publish(reaper.reap(epoch), reaper)
+        self._prune(reaper, epoch)
+        self._last_ok = time.monotonic()
 
     def _prune(self, reaper: Reaper, epoch: int) -> None:
         if time.monotonic() < self._next_prune:

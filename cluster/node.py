@@ -130,7 +130,8 @@ class Node:
         self._drain_deadline: float | None = None
         self._fenced_episode = False
         self._episode_lock = threading.Lock()
-        self._last_db_ok = time.monotonic()
+        self._last_db_ok = time.monotonic()  # last heartbeat the database accepted
+        self._next_heartbeat = self._next_poll = 0.0
         self.leftover_claims: list[tuple[int, int]] = []
         self.releasing: list[tuple[list[tuple[int, int]], Any]] = []
         self.semaphores: dict[tuple[int, int], Semaphore] = {}
@@ -161,7 +162,17 @@ class Node:
             self._shutdown()
 
     def _start(self) -> None:
-        self.store = TaskStore(make_database(self.config.dsn))
+        # Every database call of the loop ends well inside the self-fencing budget:
+        # a stalled database must not hold the loop past heartbeat_timeout.
+        deadline = self.config.database_deadline
+        self.store = TaskStore(
+            make_database(
+                self.config.dsn,
+                retry_deadline=deadline,
+                connect_timeout=deadline,
+                read_timeout=deadline,
+            )
+        )
         versions = applied_versions(self.store.db)
         if not versions or max(versions) < latest_version():
             raise SchemaError(
@@ -174,10 +185,12 @@ class Node:
         self.gate = self.coord.gate
         self.coord.start()
         self.coord.register(self._member_info(), wait_for=self.config.session_timeout * 2)
-        leadership = Leadership(
+        self._leadership = Leadership(
             self.config, self.coord, self.log, self._leader_done, self._set_leader
         )
-        self._leader_thread = threading.Thread(target=leadership.run, name="leader", daemon=True)
+        self._leader_thread = threading.Thread(
+            target=self._leadership.run, name="leader", daemon=True
+        )
         self._leader_thread.start()
         self._guard_thread = threading.Thread(target=self._guard, name="guard", daemon=True)
         self._guard_thread.start()
@@ -260,33 +273,48 @@ class Node:
 
     # -- the loop --------------------------------------------------------------
     def _loop(self) -> None:
-        cfg = self.config
-        next_heartbeat = next_poll = 0.0
+        """Run the node's steps until it stops; no error ends the loop (invariant 10)."""
         while True:
-            self._drain_events(timeout=0.05)
-            self._record_pending()  # every ending drained above, in one transaction
-            now = time.monotonic()
-            self._check_session()
-            self._publish_gauges(now)
-            self._publish_membership(now)
-            if now >= next_heartbeat:
-                next_heartbeat = now + cfg.heartbeat_interval
-                self._heartbeat(now)
-                self._retry_unrecorded()
-                self._check_releases()
-            self._enforce_limits(now)
-            if self._stopping.is_set():
-                if self._drain_deadline is not None and now >= self._drain_deadline:
-                    self._give_up_all("the node is shutting down")
-                if not self.active:
-                    self._flush_releases()
+            try:
+                if self._step():
                     return
-                continue
-            if now >= next_poll and self._may_claim():
-                claimed, wanted = self._claim()
-                # A full batch means more work is waiting: look again at once.
-                next_poll = now if claimed and claimed == wanted else now + cfg.poll_interval
-                self._flush_releases()  # claims the database turned down
+            except Exception as exc:  # noqa: BLE001 - logged, counted, survived
+                self._loop_error("main", exc)
+                time.sleep(0.2)
+
+    def _loop_error(self, loop: str, exc: BaseException) -> None:
+        self._count("loop_errors")
+        metrics.LOOP_ERRORS.labels(loop).inc()
+        self.log.error("loop.error", loop=loop, error=f"{type(exc).__name__}: {exc}")
+
+    def _step(self) -> bool:
+        """One pass of the loop; True once the node has drained and should stop."""
+        cfg = self.config
+        self._drain_events(timeout=0.05)
+        self._record_pending()  # every ending drained above, in one transaction
+        now = time.monotonic()
+        self._check_session()
+        self._publish_gauges(now)
+        self._publish_membership(now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + cfg.heartbeat_interval
+            self._heartbeat(now)
+            self._retry_unrecorded()
+            self._check_releases()
+        self._enforce_limits(now)
+        if self._stopping.is_set():
+            if self._drain_deadline is not None and now >= self._drain_deadline:
+                self._give_up_all("the node is shutting down")
+            if not self.active:
+                self._flush_releases()
+                return True
+            return False
+        if now >= self._next_poll and self._may_claim():
+            claimed, wanted = self._claim()
+            # A full batch means more work is waiting: look again at once.
+            self._next_poll = now if claimed and claimed == wanted else now + cfg.poll_interval
+            self._flush_releases()  # claims the database turned down
+        return False
 
     def _publish_gauges(self, now: float) -> None:
         metrics.RUNNERS.set(sum(1 for a in self.active.values() if a.runner.alive))
@@ -341,6 +369,12 @@ class Node:
         while not self._guard_done.is_set():
             lost = self.monitor.lost.is_set()
             silence = self.monitor.silence()
+            self._leadership.check_stuck()
+            db_silence = time.monotonic() - self._last_db_ok
+            if db_silence > cfg.database_fence_after and self.active:
+                # The loop may be stuck in a database call: the leader will reclaim
+                # these attempts at heartbeat_timeout, so they must end first.
+                self._give_up_all(f"no heartbeat accepted for {db_silence:.1f} s")
             if lost or silence > cfg.self_fence_after:
                 self._begin_fenced_episode(
                     "session lost" if lost else f"no ZooKeeper contact for {silence:.1f} s"
@@ -773,7 +807,11 @@ class Node:
                 active.runner.kill()
 
     def _give_up_all(self, reason: str) -> None:
-        for active in self.active.values():
+        """Kill every runner; their attempts go back to the queue, not counted as failures.
+
+        Called from the loop and from the guard thread alike.
+        """
+        for active in list(self.active.values()):
             if active.stop_reason is not Outcome.FENCED:
                 self.log.warning("task.given_up", task_id=active.claim.task_id, reason=reason)
                 active.stop_reason = Outcome.FENCED

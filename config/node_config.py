@@ -90,6 +90,23 @@ class NodeConfig:
         """With no confirmed ZooKeeper contact for this long, the node kills its runners."""
         return 0.65 * self.session_timeout
 
+    # The database budget, in fractions of heartbeat_timeout. The leader reclaims an
+    # attempt whose heartbeat is heartbeat_timeout old, so its runner must be dead
+    # before then even when the node's database hangs (ZooKeeper being fine): a
+    # node whose heartbeats the database has not accepted for database_fence_after
+    # kills its runners from the guard thread, whatever its main loop is blocked
+    # in, and no single call of the loop waits longer than database_deadline.
+
+    @property
+    def database_deadline(self) -> float:
+        """The longest one database call of the node (retries included) may take."""
+        return min(30.0, self.heartbeat_timeout / 4)
+
+    @property
+    def database_fence_after(self) -> float:
+        """No heartbeat accepted for this long: the node kills its runners."""
+        return self.heartbeat_timeout / 2
+
     def redacted(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["dsn"] = self.dsn if self.dsn.startswith("sqlite:") else parse_dsn(self.dsn).redacted()

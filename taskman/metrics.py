@@ -64,7 +64,19 @@ TASKS_PRUNED = Counter(
 )
 SELF_FENCED = Counter(
     "taskman_self_fenced_total",
-    "Times this node killed its runners after losing ZooKeeper.",
+    "Times this node killed its runners after losing ZooKeeper or its database.",
+    registry=REGISTRY,
+)
+
+LOOP_ERRORS = Counter(
+    "taskman_loop_errors_total",
+    "Unexpected errors a loop of this node caught, logged and survived, by loop.",
+    ["loop"],
+    registry=REGISTRY,
+)
+LEADER_RESIGNED = Counter(
+    "taskman_leader_resigned_total",
+    "Times this node gave up leadership because it could not perform the leader's duties.",
     registry=REGISTRY,
 )
 

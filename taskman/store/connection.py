@@ -30,14 +30,18 @@ T = TypeVar("T")
 # MySQL/MariaDB error codes that a retry can fix.
 TRANSIENT_CODES = frozenset(
     {
+        1040,  # too many connections
         1047,  # WSREP has not yet prepared node for application use (Galera non-primary)
         1053,  # server shutdown in progress
         1205,  # lock wait timeout
         1213,  # deadlock, or Galera certification failure
+        1317,  # query execution was interrupted (KILL QUERY)
         1927,  # connection was killed
+        1969,  # max_statement_time exceeded (MariaDB)
         2003,  # can't connect
         2006,  # server has gone away
         2013,  # lost connection during query
+        3024,  # max_execution_time exceeded (MySQL)
         4031,  # disconnected by the server because of inactivity
     }
 )
@@ -53,20 +57,28 @@ DENIED_CODES = frozenset(
 
 
 def classify(exc: BaseException) -> BaseException:
-    """Map a PyMySQL error onto taskman's errors; anything unknown stays as it is."""
+    """Map a PyMySQL error onto taskman's errors; anything else stays as it is."""
     if isinstance(exc, TransientStoreError):
         return exc
     if isinstance(exc, pymysql.err.InterfaceError):
         return TransientStoreError(f"database connection closed: {exc}")
-    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
-        code = exc.args[0]
-        if code in AMBIGUOUS_CODES:
-            return AmbiguousCommitError(f"commit outcome unknown ({code}): {exc.args[-1]}")
-        if code in TRANSIENT_CODES:
-            return TransientStoreError(f"transient database error {code}: {exc.args[-1]}")
-        if code in DENIED_CODES:
-            return StoreError(f"the database refused ({code}): {exc.args[-1]}")
-    return exc
+    if not isinstance(exc, pymysql.err.MySQLError) or not exc.args:
+        return exc
+    code = exc.args[0]
+    kind: type[StoreError] | None = StoreError
+    if code in AMBIGUOUS_CODES:
+        kind, text = AmbiguousCommitError, f"commit outcome unknown ({code})"
+    elif code in TRANSIENT_CODES:
+        kind, text = TransientStoreError, f"transient database error {code}"
+    elif code in DENIED_CODES:
+        text = f"the database refused ({code})"
+    elif isinstance(exc, pymysql.err.IntegrityError):
+        kind, text = None, ""  # duplicate keys stay PyMySQL's, for the stores that expect them
+    else:
+        # A code nobody listed (1290 read-only, a TLS error at reconnect, ...) is still
+        # the database refusing: callers handle StoreError, so no loop dies of it.
+        text = f"database error {code}"
+    return exc if kind is None else kind(f"{text}: {exc.args[-1]}")
 
 
 def tls_options(dsn: MySQLDSN) -> dict[str, Any]:
