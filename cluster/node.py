@@ -637,6 +637,14 @@ class Node:
             self._release(claim.task_id, claim.attempt)
             return
         cap = self.config.retry_backoff_max
+        silence = max(active.runner.longest_silence, active.runner.silence(time.monotonic()))
+        if active.stop_reason is None and silence >= 0.9 * self.config.runner_watchdog:
+            # The node itself went quiet (a stall, a frozen VM) long enough for the
+            # runner's watchdog to end the attempt: the node's trouble, not the task's.
+            active.stop_reason = Outcome.FENCED
+            self.log.warning(
+                "task.orphaned_by_stall", task_id=claim.task_id, silent_for=round(silence, 2)
+            )
         if start_error is not None and active.stop_reason is None:
             ending = failure_ending(
                 claim, Outcome.CRASHED, "RunnerError", start_error, backoff_cap=cap

@@ -81,6 +81,8 @@ class Runner:
     spawn_mode: str = ""  # "fork" (from a zygote) or "cold" (a fresh interpreter)
     started_at: float = 0.0
     last_heard: float = 0.0
+    last_ping: float = 0.0  # when the node last spoke to the child
+    longest_silence: float = 0.0  # the longest the node left it without a word
     pid: int = 0
     _sock: socket.socket | None = None
     _send_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -212,6 +214,15 @@ class Runner:
 
     def ping(self) -> None:
         self.send({"t": "ping"})
+        self._spoke(time.monotonic())
+
+    def _spoke(self, now: float) -> None:
+        self.longest_silence = max(self.longest_silence, self.silence(now))
+        self.last_ping = now
+
+    def silence(self, now: float) -> float:
+        """Seconds the node has left the child without a word (its watchdog counts these)."""
+        return now - (self.last_ping or self.started_at)
 
     def request_abort(self) -> None:
         self.send({"t": "abort"})
