@@ -25,7 +25,14 @@ from taskman.cluster.concurrency import BLOCKED_FOR, Cap, ConcurrencyGate
 from taskman.cluster.election import LeaderElection
 from taskman.cluster.layout import ClusterPaths, claim_name
 from taskman.cluster.lease import ClaimLease
-from taskman.cluster.zk import SessionMonitor, connect, ensure_namespace, wait, zk_security
+from taskman.cluster.zk import (
+    SessionMonitor,
+    connect,
+    ensure_namespace,
+    negotiated_timeout,
+    wait,
+    zk_security,
+)
 from taskman.config import NodeConfig
 from taskman.errors import CoordinationError
 from taskman.store import Candidate
@@ -48,11 +55,16 @@ class ZkCoordination:
     def start(self) -> None:
         self.monitor.start()
 
+    def granted_session_timeout(self) -> float | None:
+        """The session timeout the ensemble negotiated (it may clamp the configured one)."""
+        return negotiated_timeout(self.client)
+
     def election(self) -> Any:
         return LeaderElection(self.client, self.paths, self.config.node_id)
 
     def register(self, info: dict[str, Any], *, wait_for: float) -> None:
         membership.register(self.client, self.paths, self.config.node_id, info, wait_for=wait_for)
+        self.lease.open_session()
 
     def update(self, info: dict[str, Any]) -> None:
         membership.update(self.client, self.paths, self.config.node_id, info)
@@ -135,6 +147,8 @@ class _LocalMonitor:
 
 
 class _LocalLease:
+    marker = "local"  # one process, one session: releases always apply
+
     def __init__(self, tokens: _Tokens) -> None:
         self._tokens = tokens
         self._claims: set[str] = set()
@@ -158,7 +172,10 @@ class _LocalLease:
     def release_many_async(self, attempts: list[tuple[int, int]]) -> _Done:
         for task_id, attempt in attempts:
             self.release(task_id, attempt)
-        return _Done(value=[True] * len(attempts))
+        return _Done(value=[True] * (len(attempts) + 1))  # the session check, then each claim
+
+    def revoke(self, task_id: int, attempt: int) -> None:
+        self.release(task_id, attempt)
 
     def live_claims(self) -> set[str]:
         # Claims die with the process: after a restart, running rows have none and
@@ -236,6 +253,9 @@ class LocalCoordination:
 
     def start(self) -> None:
         pass
+
+    def granted_session_timeout(self) -> float | None:
+        return None  # no server, no session to clamp
 
     def election(self) -> Any:
         return _LocalElection(self._tokens, self.config.node_id)

@@ -26,6 +26,12 @@ class ClusterPaths:
         return f"{self.base}/claims"
 
     @property
+    def sessions(self) -> str:
+        # One ephemeral sequential marker per node session: its releases are
+        # conditional on it, so they die with the session (lease.py).
+        return f"{self.base}/sessions"
+
+    @property
     def leader(self) -> str:
         return f"{self.base}/leader"
 
@@ -45,7 +51,7 @@ class ClusterPaths:
         return f"{self.claims}/{claim_name(task_id, attempt)}"
 
     def all(self) -> tuple[str, ...]:
-        return (self.nodes, self.claims, self.leader, self.drain_requests)
+        return (self.nodes, self.claims, self.sessions, self.leader, self.drain_requests)
 
 
 def claim_name(task_id: int, attempt: int) -> str:

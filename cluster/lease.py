@@ -8,6 +8,13 @@ claim of a task has a larger token than every earlier one.
 
 The claim lives as long as the owner's session: if the owner dies, ZooKeeper
 deletes it, and the leader's reaper sees a running task without a claim.
+
+An owner's release is a ZooKeeper transaction that first checks the owner's
+session marker (an ephemeral sequential znode, one per session). kazoo sends
+requests queued while disconnected once it is connected again, under whatever
+session it then has: without the check, a release of attempt n from a session
+that has since expired would delete the claim another node took for the same
+attempt, and the leader would reclaim a live attempt.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class ClaimLease:
         self.client = client
         self.paths = paths
         self.node_id = node_id
+        self.marker = f"{paths.sessions}/none"  # until open_session(): no release applies
 
     def acquire(self, task_id: int, attempt: int) -> int | None:
         """Claim one attempt; its fencing token, or None if another node holds it."""
@@ -96,25 +104,44 @@ class ClaimLease:
         self.release_path(path)
         return True
 
+    def open_session(self) -> None:
+        """Mark the current session; releases from now on are valid only while it lives."""
+        self.marker = wait(
+            self.client.create_async(
+                f"{self.paths.sessions}/{self.node_id}-", b"", ephemeral=True, sequence=True
+            )
+        )
+
     def release(self, task_id: int, attempt: int) -> None:
-        """Drop a claim after its outcome is recorded (never before)."""
+        """Drop a claim of ours after its outcome is recorded (never before)."""
         self.release_path(self.paths.claim(task_id, attempt))
 
     def release_many_async(self, attempts: list[tuple[int, int]]) -> Any:
-        """Start dropping claims in one ZooKeeper transaction: one quorum write, not one each.
+        """Start dropping claims of ours in one ZooKeeper transaction: one quorum write.
 
-        The caller checks the kazoo result later: a list with, per claim, True or the
-        exception (NoNodeError: already gone; RolledBackError: another delete of the
-        batch failed, so this one did not happen either).
+        The caller checks the kazoo result later: a list with the session check's
+        result first, then, per claim, True or the exception (NoNodeError: already
+        gone; RolledBackError: another operation of the batch failed, so this one
+        did not happen either). A failed check means the session that held these
+        claims is gone, and the claims with it.
         """
         transaction = self.client.transaction()
+        transaction.check(self.marker, -1)  # -1: any version, but it must exist
         for task_id, attempt in attempts:
             transaction.delete(self.paths.claim(task_id, attempt))
         return transaction.commit_async()
 
     def release_path(self, path: str) -> None:
+        """Delete one claim of ours, only while the session that created it lives."""
+        transaction = self.client.transaction()
+        transaction.check(self.marker, -1)
+        transaction.delete(path)
+        wait(transaction.commit_async())  # a failed check or a missing claim: nothing to do
+
+    def revoke(self, task_id: int, attempt: int) -> None:
+        """The leader's delete of another node's claim (after its heartbeat timed out)."""
         with contextlib.suppress(NoNodeError):
-            wait(self.client.delete_async(path))
+            wait(self.client.delete_async(self.paths.claim(task_id, attempt)))
 
     def live_claims(self) -> set[str]:
         """Names (``<task>.<attempt>``) of every claim whose owner's session is alive.

@@ -133,7 +133,8 @@ class Node:
         self._last_db_ok = time.monotonic()  # last heartbeat the database accepted
         self._next_heartbeat = self._next_poll = 0.0
         self.leftover_claims: list[tuple[int, int]] = []
-        self.releasing: list[tuple[list[tuple[int, int]], Any]] = []
+        # In flight: the claims, kazoo's result, and the session marker they were sent under.
+        self.releasing: list[tuple[list[tuple[int, int]], Any, str]] = []
         self.semaphores: dict[tuple[int, int], Semaphore] = {}
         self.is_leader = False
         self.started = threading.Event()
@@ -184,6 +185,7 @@ class Node:
         self.lease = self.coord.lease
         self.gate = self.coord.gate
         self.coord.start()
+        self._check_granted_session()
         self.coord.register(self._member_info(), wait_for=self.config.session_timeout * 2)
         self._leadership = Leadership(
             self.config, self.coord, self.log, self._leader_done, self._set_leader
@@ -208,6 +210,28 @@ class Node:
             session_timeout=self.config.session_timeout,
         )
         self.started.set()
+
+    def _check_granted_session(self) -> None:
+        """Refuse a session shorter than the configured one: every fencing budget assumes it."""
+        granted = self.coord.granted_session_timeout()
+        configured = self.config.session_timeout
+        if granted is None or granted == configured:
+            return
+        if granted < configured:
+            self.coord.close()
+            raise CoordinationError(
+                f"ZooKeeper negotiated a session of {granted:.1f} s, shorter than "
+                f"session_timeout = {configured:.1f} s (the ensemble's maxSessionTimeout "
+                "caps it). The runners' watchdog and self-fencing are fractions of "
+                "session_timeout and would outlive the session: set session_timeout to "
+                f"at most {granted:.1f} s, or raise maxSessionTimeout"
+            )
+        self.log.warning(
+            "node.session_longer_than_configured",
+            granted=granted,
+            configured=configured,
+            note="minSessionTimeout raised it: reclaims of this node's work take longer",
+        )
 
     def _serve_endpoints(self, address: str) -> Endpoints:
         probe_db = make_database(
@@ -414,6 +438,9 @@ class Node:
         """After a new session: rejoin once every runner of the old session is gone."""
         if self.active or self.monitor.silence() > 1.0:
             return
+        # Claims of the lost session are gone with it; sent from the new session, a
+        # release could delete the claim another node has since taken (lease.py).
+        self.leftover_claims.clear()
         try:
             self.coord.register(self._member_info(), wait_for=self.config.session_timeout * 2)
         except (KazooException, CoordinationError) as exc:
@@ -442,15 +469,24 @@ class Node:
         pending, self.leftover_claims = self.leftover_claims, []
         # Not awaited: the outcomes are already recorded, so nothing waits on the
         # deletes. _check_releases queues again the ones that failed.
-        self.releasing.append((pending, self.lease.release_many_async(pending)))
+        self.releasing.append(
+            (pending, self.lease.release_many_async(pending), self.lease.marker)
+        )
 
     def _check_releases(self) -> None:
         still = []
-        for keys, result in self.releasing:
+        for keys, result, marker in self.releasing:
             if not result.ready():
-                still.append((keys, result))
+                still.append((keys, result, marker))
                 continue
-            outcomes = result.value if result.successful() else [result.exception] * len(keys)
+            if marker != self.lease.marker:
+                continue  # sent by a session that has ended: its claims ended with it
+            if not result.successful():
+                self.leftover_claims.extend(keys)  # not applied: all of them go again
+                continue
+            check, *outcomes = result.value
+            if isinstance(check, Exception) and not isinstance(check, RolledBackError):
+                continue  # our session marker is gone: so are the claims it held
             for key, outcome in zip(keys, outcomes, strict=True):
                 if not isinstance(outcome, Exception) or isinstance(outcome, NoNodeError):
                     continue  # dropped, or already gone

@@ -116,7 +116,7 @@ class Reaper:
                 if self._reclaim(task, Outcome.HEARTBEAT_TIMEOUT, reason, epoch):
                     heartbeat_lost += 1
                     # The claim is per attempt, so deleting this one can't touch a newer claim.
-                    self.lease.release(task.task_id, task.attempt)
+                    self.lease.revoke(task.task_id, task.attempt)
         for task_id in set(self._seen) - still_running:
             del self._seen[task_id]
         expired = self.store.expire_due(role=ROLE, epoch=epoch)

@@ -2,8 +2,8 @@
 
 kazoo reports SUSPENDED late (after about two thirds of the session timeout) and
 LOST only after reconnecting, so the node does not rely on state events alone:
-a probe thread confirms contact with the ensemble several times a second, and
-``last_ok`` is the last moment a round trip succeeded. No contact for half the
+a probe thread confirms contact with the ensemble's leader (a sync) several times
+a second, and ``last_ok`` is the last moment a round trip succeeded. No contact for half the
 session timeout means the session may be gone: the node fences itself.
 """
 
@@ -20,6 +20,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoAuthError, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.connection import _CONNECTION_DROP
+from kazoo.protocol.serialization import Connect
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions, make_digest_acl
 
@@ -83,6 +84,7 @@ def connect(
         default_acl=security.acl(),
         **tls,
     )
+    _record_negotiated_timeout(client)
     try:
         client.start(timeout=start_timeout)
     except (KazooTimeoutError, KazooException) as exc:
@@ -90,6 +92,32 @@ def connect(
         client.close()
         raise CoordinationError(f"cannot reach ZooKeeper at {hosts}: {exc}") from None
     return client
+
+
+def _record_negotiated_timeout(client: KazooClient) -> None:
+    """Keep the session timeout the server granted as ``client.negotiated_timeout`` (s).
+
+    The server clamps the requested timeout to [minSessionTimeout, maxSessionTimeout];
+    kazoo only logs the result. Every self-fencing budget is a fraction of the
+    session, so the node must know the real one (it refuses to run on a shorter one).
+    """
+    connection = client._connection
+    invoke = connection._invoke
+
+    def recording_invoke(timeout: float, request: Any, xid: int | None = None) -> Any:
+        result = invoke(timeout, request, xid)
+        if isinstance(request, Connect) and result and getattr(result[0], "time_out", 0) > 0:
+            client.negotiated_timeout = result[0].time_out / 1000.0
+        return result
+
+    client.negotiated_timeout = None
+    connection._invoke = recording_invoke
+
+
+def negotiated_timeout(client: KazooClient) -> float | None:
+    """The session timeout the server granted, in seconds (None before a session)."""
+    value = getattr(client, "negotiated_timeout", None)
+    return float(value) if value is not None else None
 
 
 def ensure_namespace(client: KazooClient, paths: ClusterPaths, *, insecure: bool) -> None:
@@ -169,7 +197,11 @@ class SessionMonitor:
         while not self._stop.is_set():
             sent = time.monotonic()
             try:
-                self.client.exists_async(self.probe_path).get(timeout=self.failover_after)
+                # A sync, not a read: the server forwards it to the quorum's leader.
+                # A follower cut off from its leader still answers reads from its
+                # stale view for syncLimit x tickTime while the quorum may already
+                # be expiring this session; a sync it cannot answer.
+                self.client.sync_async(self.probe_path).get(timeout=self.failover_after)
             except Exception:  # noqa: BLE001 - any failure means no confirmed contact
                 self._maybe_fail_over()
             else:
