@@ -46,7 +46,7 @@ class Leadership:
         self._last_ok = time.monotonic()  # the last completed pass while leading
         self._election: Any = None
         self._resigned = False  # gave the office up; contend again once the database answers
-        self.resign_after = config.heartbeat_timeout / 3
+        self.resign_after = config.leader_resign_after
 
     def retention(self) -> dict[TaskState, float]:
         cfg = self.config
@@ -81,13 +81,14 @@ class Leadership:
         """Lead while elected and able; no error ends this thread (invariant 10)."""
         cfg = self.config
         election = self._election = self.coord.election()
-        # The leader's calls end within half of heartbeat_timeout: a leader stuck on
-        # its database must notice it soon enough to hand the duty to another node.
+        # A read may wait out a Galera reconfiguration stall (failing it would only
+        # delay the next observation of every heartbeat); a leader stuck for longer
+        # than leader_resign_after is resigned by the guard thread (check_stuck).
         db = make_database(
             cfg.dsn,
             retry_deadline=cfg.database_deadline,
             connect_timeout=cfg.database_deadline,
-            read_timeout=cfg.heartbeat_timeout / 2,
+            read_timeout=cfg.heartbeat_timeout,
         )
         reaper = Reaper(
             TaskStore(db),

@@ -795,7 +795,7 @@ class Node:
         except StoreError as exc:
             silent = now - self._last_db_ok
             self.log.warning("node.heartbeat_failed", error=str(exc), silent_for=round(silent, 1))
-            if silent > self.config.heartbeat_timeout / 2:
+            if silent > self.config.database_fence_after:
                 # The leader will reclaim these attempts soon: stop them first.
                 self._give_up_all("the database has not accepted heartbeats")
             return

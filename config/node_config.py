@@ -91,11 +91,13 @@ class NodeConfig:
         return 0.65 * self.session_timeout
 
     # The database budget, in fractions of heartbeat_timeout. The leader reclaims an
-    # attempt whose heartbeat is heartbeat_timeout old, so its runner must be dead
-    # before then even when the node's database hangs (ZooKeeper being fine): a
-    # node whose heartbeats the database has not accepted for database_fence_after
-    # kills its runners from the guard thread, whatever its main loop is blocked
-    # in, and no single call of the loop waits longer than database_deadline.
+    # attempt whose heartbeat value it has seen unchanged for heartbeat_timeout on
+    # its own clock, and it can only have first seen a value after the node wrote
+    # it: a node that kills its runners less than heartbeat_timeout after its last
+    # accepted heartbeat is always first. It kills them from the guard thread,
+    # whatever its main loop is blocked in, at database_fence_after: late enough
+    # that a Galera reconfiguration stall (3.6-4.4 s in the lab, whose
+    # heartbeat_timeout is 6 s) fences nobody, early enough to keep a margin.
 
     @property
     def database_deadline(self) -> float:
@@ -105,7 +107,12 @@ class NodeConfig:
     @property
     def database_fence_after(self) -> float:
         """No heartbeat accepted for this long: the node kills its runners."""
-        return self.heartbeat_timeout / 2
+        return 0.85 * self.heartbeat_timeout
+
+    @property
+    def leader_resign_after(self) -> float:
+        """A leader with no completed pass for this long gives the office up."""
+        return self.heartbeat_timeout
 
     def redacted(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

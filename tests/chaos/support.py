@@ -65,6 +65,7 @@ class Result:
     bound: float = 0.0
     lost: int = 0
     seconds: float = 0.0
+    max_overlap: float = 0.0  # the longest two attempts of one task ran at once, seconds
     notes: str = ""
 
 
@@ -81,6 +82,38 @@ def read_exec_log(path: Path) -> list[tuple[int, int, int, int, str]]:
             task, attempt, token, pid, event = parts
             rows.append((int(task), int(attempt), int(token), int(pid), event))
     return rows
+
+
+# Two attempts of one task may run at the same time only inside this window
+# (docs/architecture.md, "Overlap"): the protocol allows none; the beats that
+# measure it are 0.1 s apart and written by separate processes.
+OVERLAP_WINDOW = 0.25
+
+
+def read_beats(path: Path) -> dict[tuple[int, int], tuple[float, float]]:
+    """(task, attempt) -> (first, last) wall time the attempt's runner was seen alive."""
+    beats = Path(f"{path}.beats")
+    if not beats.exists():
+        return {}
+    seen: dict[tuple[int, int], tuple[float, float]] = {}
+    for line in beats.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 3:
+            continue  # torn by a SIGKILL mid-write
+        key, when = (int(parts[0]), int(parts[1])), float(parts[2])
+        first, last = seen.get(key, (when, when))
+        seen[key] = (min(first, when), max(last, when))
+    return seen
+
+
+def overlap(beats: dict[tuple[int, int], tuple[float, float]], task_id: int) -> float:
+    """The longest two attempts of a task were seen alive at once (0 if never)."""
+    spans = sorted((a, span) for (t, a), span in beats.items() if t == task_id)
+    worst = 0.0
+    for i, (_, (_, last)) in enumerate(spans):
+        for _, (first, _) in spans[i + 1 :]:
+            worst = max(worst, last - first)
+    return worst
 
 
 def pid_alive(pid: int) -> bool:
@@ -203,6 +236,8 @@ class Scenario:
         """Read everything back and assert the invariants; record the result row."""
         tasks = self.wait_done()
         rows = read_exec_log(self.log)
+        beats = read_beats(self.log)
+        worst_overlap = 0.0
         problems: list[str] = []
         re_executions = 0
         collateral = 0
@@ -254,6 +289,14 @@ class Scenario:
                     problems.append(f"task {task.id}: extra 'done' from attempt {key}")
                 else:
                     lost_results += 1
+            # No two attempts ran at the same time (beyond the stated window).
+            both = overlap(beats, task.id)
+            worst_overlap = max(worst_overlap, both)
+            if both > OVERLAP_WINDOW:
+                problems.append(
+                    f"task {task.id}: two attempts ran at once for {both:.2f} s "
+                    f"(window {OVERLAP_WINDOW} s)"
+                )
             # Every execution the log shows was a claim the database recorded.
             known = {(a.attempt, a.fence) for a in attempts}
             for r in rows:
@@ -300,6 +343,7 @@ class Scenario:
             bound=fault.bound,
             lost=sum(not t.state.terminal for t in tasks),
             seconds=time.monotonic() - self.started,
+            max_overlap=worst_overlap,
             notes="; ".join([*fault.notes, notes] if notes else fault.notes),
         )
         if lost_results:
@@ -318,7 +362,7 @@ def _fmt(when: datetime) -> str:
 def format_table(results: list[Result]) -> str:
     header = (
         f"{'scenario':<24} {'tasks':>5} {'done':>5} {'re-exec':>7} {'collat':>6} {'stale':>5} "
-        f"{'recovery s':>10} {'bound s':>7} {'lost':>4} {'run s':>6}  notes"
+        f"{'recovery s':>10} {'bound s':>7} {'overlap s':>9} {'lost':>4} {'run s':>6}  notes"
     )
     lines = [header, "-" * len(header)]
     for r in results:
@@ -326,7 +370,8 @@ def format_table(results: list[Result]) -> str:
         bound = "-" if not r.bound else f"{r.bound:.1f}"
         lines.append(
             f"{r.scenario:<24} {r.submitted:>5} {r.completed:>5} {r.re_executions:>7} {r.collateral:>6} "
-            f"{r.stale_rejected:>5} {rec:>10} {bound:>7} {r.lost:>4} {r.seconds:>6.1f}  {r.notes}"
+            f"{r.stale_rejected:>5} {rec:>10} {bound:>7} {r.max_overlap:>9.2f} {r.lost:>4} "
+            f"{r.seconds:>6.1f}  {r.notes}"
         )
     return "\n".join(lines)
 

@@ -21,9 +21,7 @@ def test_a_short_node_stall_is_not_counted_as_the_tasks_failure(
 ) -> None:
     log = tmp_path / "exec.log"
     a = start_node("a", "dc1")
-    task_id = client.submit(
-        "demo.tasks:sleep", plugin="demo", args=(3, str(log)), max_attempts=1
-    )
+    task_id = client.submit("demo.tasks:sleep", plugin="demo", args=(3, str(log)), max_attempts=1)
     wait_until(lambda: read_log(log), 15, "the attempt to start")
     a.pause()
     time.sleep(0.55 * SESSION)  # past the runners' watchdog, short of the session

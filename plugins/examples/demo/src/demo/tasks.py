@@ -11,6 +11,8 @@ from typing import Any
 import demo
 from taskman import runtime
 
+BEAT_INTERVAL = 0.1  # the resolution of the overlap check on sleep's execution log
+
 
 def add(a: float, b: float) -> float:
     return a + b
@@ -40,14 +42,27 @@ def sleep(seconds: float, log_path: str | None = None) -> dict[str, Any]:
                     f"{os.getpid()} {event}\n"
                 )
 
+    def beat() -> None:
+        # "<task> <attempt> <wall time>" in <log_path>.beats: one machine's clock, so
+        # a checker can see whether two attempts of a task ever ran at the same time.
+        if log_path:
+            with open(f"{log_path}.beats", "a", encoding="utf-8") as fh:
+                fh.write(f"{runtime.task_id()} {runtime.attempt()} {time.time():.3f}\n")
+
+    beat()
     record("start")
     deadline = time.monotonic() + seconds
+    next_beat = time.monotonic() + BEAT_INTERVAL
     while (left := deadline - time.monotonic()) > 0:
+        if time.monotonic() >= next_beat:
+            next_beat += BEAT_INTERVAL
+            beat()
         runtime.progress(1 - left / seconds, f"{left:.1f} s left")
         if runtime.should_abort():
             record("aborted")
             raise runtime.PermanentError("aborted")
         time.sleep(min(0.05, left))
+    beat()
     record("done")
     return {"slept": seconds, "pid": os.getpid(), "fence": runtime.fencing_token()}
 
