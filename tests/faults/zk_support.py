@@ -1,0 +1,135 @@
+"""Helpers for fault tests that talk to the session's ZooKeeper directly.
+
+``FreezableProxy`` sits between a client and the real server on loopback. Frozen,
+it keeps every connection open but forwards nothing, as a hung server or a
+silent network does: the case where a kazoo call without a deadline never returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from taskman.config import NodeConfig
+from tests.integration.cluster_support import ZK_AUTH
+
+
+class FreezableProxy:
+    """A loopback TCP proxy to ``host:port`` that can stop forwarding on demand."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._forwarding = threading.Event()
+        self._forwarding.set()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="zk-proxy", daemon=True).start()
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def freeze(self) -> None:
+        self._forwarding.clear()
+
+    def thaw(self) -> None:
+        self._forwarding.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._forwarding.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                inbound, _ = self._listener.accept()
+                outbound = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                return
+            with self._lock:
+                self._sockets += [inbound, outbound]
+            threading.Thread(target=self._pump, args=(inbound, outbound), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peer = {a: b, b: a}
+        with selectors.DefaultSelector() as sel:
+            sel.register(a, selectors.EVENT_READ)
+            sel.register(b, selectors.EVENT_READ)
+            while not self._closed.is_set():
+                # Frozen: read nothing, so bytes wait in the kernel and nobody hears back.
+                self._forwarding.wait()
+                for key, _ in sel.select(timeout=0.05):
+                    if not self._forwarding.is_set():
+                        break
+                    src = key.fileobj
+                    assert isinstance(src, socket.socket)
+                    try:
+                        data = src.recv(65536)
+                        if not data:
+                            return
+                        peer[src].sendall(data)
+                    except OSError:
+                        return
+
+
+@contextlib.contextmanager
+def proxy_to(zk_hosts: str) -> Iterator[FreezableProxy]:
+    host, _, port = zk_hosts.split(",")[0].partition(":")
+    proxy = FreezableProxy(host, int(port))
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def node_config(zookeeper: str, cluster: str, node_id: str = "n1") -> NodeConfig:
+    """Enough of a node's configuration for a ZkCoordination (no database is touched)."""
+    return NodeConfig(
+        node_id=node_id,
+        datacenter="dc1",
+        dsn="mysql://unused:unused@127.0.0.1:1/unused",
+        zookeeper=zookeeper,
+        plugin_dirs=(Path("/nonexistent"),),
+        zookeeper_auth=ZK_AUTH,
+        cluster=cluster,
+        session_timeout=4.0,
+        heartbeat_interval=0.5,
+    )
+
+
+def four_letter_word(zk_hosts: str, word: str) -> str:
+    host, _, port = zk_hosts.split(",")[0].partition(":")
+    with socket.create_connection((host, int(port)), timeout=2) as sock:
+        sock.sendall(word.encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def watched_paths(zk_hosts: str, session_id: int) -> list[str]:
+    """The paths the server holds a watch on for one session (``wchc``)."""
+    reply = four_letter_word(zk_hosts, "wchc")
+    if "not executed" in reply:
+        raise AssertionError(f"the test ZooKeeper refuses wchc: {reply.strip()}")
+    paths: list[str] = []
+    mine = False
+    for line in reply.splitlines():
+        if line.startswith("0x"):
+            mine = int(line, 16) == session_id
+        elif line.strip() and mine:
+            paths.append(line.strip())
+    return paths
