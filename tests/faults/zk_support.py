@@ -87,7 +87,7 @@ class FreezableProxy:
 
 @contextlib.contextmanager
 def proxy_to(zk_hosts: str) -> Iterator[FreezableProxy]:
-    host, _, port = zk_hosts.split(",")[0].partition(":")
+    host, _, port = zk_hosts.split(",", maxsplit=1)[0].partition(":")
     proxy = FreezableProxy(host, int(port))
     try:
         yield proxy
@@ -111,7 +111,7 @@ def node_config(zookeeper: str, cluster: str, node_id: str = "n1") -> NodeConfig
 
 
 def four_letter_word(zk_hosts: str, word: str) -> str:
-    host, _, port = zk_hosts.split(",")[0].partition(":")
+    host, _, port = zk_hosts.split(",", maxsplit=1)[0].partition(":")
     with socket.create_connection((host, int(port)), timeout=2) as sock:
         sock.sendall(word.encode())
         chunks = []
