@@ -176,7 +176,7 @@ def _requeue_as_the_reaper_would(dsn: str, task_id: int) -> None:
 
 
 def test_a_task_reclaimed_from_a_live_owner_runs_once_at_a_time_and_leaks_no_permit(
-    start_node: StartNode, client: Client, dsn: str, tmp_path: Path
+    start_node: StartNode, client: Client, dsn: str, tmp_path: Path, make_coord: MakeCoord
 ) -> None:
     log = tmp_path / "exec.log"
     capped = {"concurrency_key": "reclaimed", "concurrency_limit": 2}
@@ -201,6 +201,11 @@ def test_a_task_reclaimed_from_a_live_owner_runs_once_at_a_time_and_leaks_no_per
         4,
         "both tasks of cap 2 to run at once (a leaked permit leaves room for one)",
     )
+    for i in ids:
+        wait_state(client, i, TaskState.SUCCEEDED)
+    observer = make_coord("observer")
+    permits = f"{observer.paths.caps}/reclaimed"
+    wait_until(lambda: not observer.client.get_children(permits), 5, "every permit to be returned")
 
 
 # -- finding 3: deadlines on the claim path -------------------------------------------------------
@@ -234,6 +239,7 @@ def test_claim_path_calls_end_within_a_deadline_when_zookeeper_goes_silent(
             thread.join(session)
             assert not thread.is_alive(), f"{name} still blocked after {session} s"
         proxy.thaw()
+        coord.close()  # while the proxy still forwards: a clean goodbye, not a 5 s timeout
     print(
         f"\nclaim-path calls with ZooKeeper silent: { {k: round(v, 2) for k, v in took.items()} }"
     )

@@ -28,9 +28,9 @@ class FreezableProxy:
         self._forwarding = threading.Event()
         self._forwarding.set()
         self._closed = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, name="zk-proxy", daemon=True).start()
+        self._threads: list[threading.Thread] = []
+        self._threads.append(threading.Thread(target=self._accept, name="zk-proxy", daemon=True))
+        self._threads[0].start()
 
     @property
     def hosts(self) -> str:
@@ -46,33 +46,36 @@ class FreezableProxy:
         self._closed.set()
         self._forwarding.set()
         with contextlib.suppress(OSError):
-            self._listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.close()
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(5)  # each pump closes its two sockets on the way out
 
     def _accept(self) -> None:
         while not self._closed.is_set():
             try:
                 inbound, _ = self._listener.accept()
-                outbound = socket.create_connection(self.target, timeout=5)
             except OSError:
                 return
-            with self._lock:
-                self._sockets += [inbound, outbound]
-            threading.Thread(target=self._pump, args=(inbound, outbound), daemon=True).start()
+            try:
+                outbound = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                inbound.close()
+                continue
+            pump = threading.Thread(target=self._pump, args=(inbound, outbound), daemon=True)
+            self._threads.append(pump)
+            pump.start()
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peer = {a: b, b: a}
-        with selectors.DefaultSelector() as sel:
+        with a, b, selectors.DefaultSelector() as sel:
             sel.register(a, selectors.EVENT_READ)
             sel.register(b, selectors.EVENT_READ)
             while not self._closed.is_set():
                 # Frozen: read nothing, so bytes wait in the kernel and nobody hears back.
                 self._forwarding.wait()
                 for key, _ in sel.select(timeout=0.05):
-                    if not self._forwarding.is_set():
+                    if not self._forwarding.is_set() or self._closed.is_set():
                         break
                     src = key.fileobj
                     assert isinstance(src, socket.socket)
