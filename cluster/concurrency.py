@@ -124,7 +124,8 @@ class ConcurrencyGate:
         self._lock = threading.Lock()
 
     def _key_path(self, key: str) -> str:
-        return f"{self.paths.caps}/{quote(key, safe='')}"
+        # Dots escaped too: a key "." or ".." would be no valid znode name.
+        return f"{self.paths.caps}/{quote(key, safe='').replace('.', '%2E')}"
 
     def try_acquire(self, cap: Cap, candidate: Candidate) -> Permit | None:
         """A permit if the cap admits this attempt, None if it is full.

@@ -81,6 +81,14 @@ def test_a_new_cap_on_a_key_is_honoured_not_refused(make_coord: MakeCoord) -> No
     assert admit(gate, "k", 5)
 
 
+def test_any_valid_key_names_a_cap(make_coord: MakeCoord) -> None:
+    gate = make_coord()
+    for key in (".", "..", "a/b", "%2E", "ü ✓", "x" * 200):
+        permit = admit(gate, key, 1)
+        assert permit and admit(gate, key, 1) is None, key
+        gate.gate.release(permit)
+
+
 def test_two_nodes_racing_never_exceed_the_cap(make_coord: MakeCoord) -> None:
     coords = [make_coord(f"n{i}") for i in range(4)]
     held, most, admitted = 0, 0, 0
