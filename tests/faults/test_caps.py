@@ -255,6 +255,28 @@ def test_claim_path_calls_end_within_a_deadline_when_zookeeper_goes_silent(
     assert max(took.values()) < session / 3
 
 
+def test_a_silent_zookeeper_does_not_stall_the_node_loop(
+    start_node: StartNode, client: Client, zk_hosts: str
+) -> None:
+    """The loop that admits capped tasks also records outcomes: it must not hang on a cap."""
+    with proxy_to(zk_hosts) as proxy:
+        node = start_node("a", zookeeper=proxy.hosts, session_timeout=8.0)
+        short = client.submit("demo.tasks:sleep", plugin="demo", args=(2.5,))
+        wait_state(client, short, TaskState.RUNNING)
+        time.sleep(1.2)  # membership (slots used) published: the next ZooKeeper call is a cap's
+        proxy.freeze()
+        frozen = time.monotonic()
+        # A capped candidate for the next claim pass, which asks ZooKeeper for a permit.
+        client.submit(
+            "demo.tasks:add", plugin="demo", args=(1, 2), concurrency_key="q", concurrency_limit=1
+        )
+        # The task ends about 1.3 s into the silence; self-fencing would start at 5.2 s.
+        wait_state(client, short, TaskState.SUCCEEDED, timeout=4.0)
+        print(f"\noutcome recorded {time.monotonic() - frozen:.2f} s into the silence")
+        proxy.thaw()
+        node.stop(timeout=15)
+
+
 # -- finding 4: nothing accumulates per call ------------------------------------------------------
 
 
