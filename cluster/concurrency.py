@@ -42,7 +42,7 @@ from taskman.store import Candidate
 
 log = structlog.get_logger("taskman.cluster")
 BLOCKED_FOR = 1.0  # seconds a full cap is left out of the candidate query
-SEQUENCE_DIGITS = 10  # ZooKeeper's suffix on a sequential znode
+GATE_ID_LENGTH = 32  # a uuid4's hex: names the gate (one per node process) in its permits
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,22 @@ class Blocked:
 def _parse(name: str) -> tuple[int, str, int] | None:
     """(limit, gate, sequence) of a permit's znode name; None for anything else."""
     limit, _, rest = name.partition("-")
-    gate, _, sequence = rest.rpartition("-")
-    if not (limit.isdigit() and sequence.isdigit() and len(sequence) == SEQUENCE_DIGITS):
+    gate, sequence = rest[:GATE_ID_LENGTH], rest[GATE_ID_LENGTH + 1 :]
+    if not limit.isdigit() or rest[GATE_ID_LENGTH : GATE_ID_LENGTH + 1] != "-":
         return None
-    return int(limit), gate, int(sequence)
+    try:
+        return int(limit), gate, int(sequence)  # negative once the counter wrapped
+    except ValueError:
+        return None
+
+
+def _before(a: int, b: int) -> bool:
+    """Sequence ``a`` came before ``b``, across the wrap of ZooKeeper's 32-bit counter.
+
+    The counter (the parent's cversion) moves on every create and delete under a
+    key, so a busy key wraps it within months; live permits span far less than 2^31.
+    """
+    return ((a - b) & 0xFFFFFFFF) >= 0x80000000
 
 
 class ConcurrencyGate:
@@ -167,8 +179,8 @@ class ConcurrencyGate:
         ahead: list[int] = []
         for child in children:
             parsed = _parse(child)
-            if parsed is None or parsed[2] >= mine[2]:
-                continue  # not a permit, or behind us: the later one yields, not us
+            if parsed is None or not _before(parsed[2], mine[2]):
+                continue  # not a permit, or ours, or behind us: the later one yields
             child_path = f"{parent}/{child}"
             if parsed[1] == self._gate and child_path not in self._held:
                 log.warning("concurrency.orphan_dropped", path=child_path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskman.cluster.concurrency import Cap, admits
+from taskman.cluster.concurrency import Cap, _before, _parse, admits
 from taskman.cluster.coordination import _LocalGate
 from taskman.store import Candidate
 
@@ -42,3 +42,14 @@ def test_releasing_a_permit_twice_frees_only_that_permit() -> None:
     gate.release(a)  # type: ignore[arg-type]
     assert gate.held() == 1 and _admit(gate, "k", 2) and _admit(gate, "k", 2) is None
     assert b
+
+
+def test_permit_order_survives_the_wrap_of_zookeepers_sequence_counter() -> None:
+    gate = "0123456789abcdef" * 2
+    assert _parse(f"3-{gate}-0000000042") == (3, gate, 42)
+    # %010d of a wrapped (negative) cversion: after 2147483647 comes -2147483648.
+    assert _parse(f"3-{gate}--2147483648") == (3, gate, -2147483648)
+    assert _parse("lock") is None and _parse(f"x-{gate}-0000000001") is None
+    assert _before(5, 6) and not _before(6, 5) and not _before(5, 5)
+    assert _before(2147483647, -2147483648) and not _before(-2147483648, 2147483647)
+    assert _before(-1, 0) and _before(-2147483600, -2147483599)
