@@ -32,7 +32,12 @@ from urllib.parse import quote
 
 import structlog
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    KazooException,
+    NoNodeError,
+    SessionExpiredError,
+)
 
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.zk import wait
@@ -42,6 +47,8 @@ from taskman.store import Candidate
 
 log = structlog.get_logger("taskman.cluster")
 BLOCKED_FOR = 1.0  # seconds a full cap is left out of the candidate query
+# A delete that failed with these needs no retry: the permit, or its session, is gone.
+_GONE = (NoNodeError, SessionExpiredError, ConnectionClosedError)
 GATE_ID_LENGTH = 32  # a uuid4's hex: names the gate (one per node process) in its permits
 
 
@@ -209,7 +216,7 @@ class ConcurrencyGate:
         for path, result in pending:
             if not result.ready():
                 self._releasing.append((path, result))
-            elif not result.successful() and not isinstance(result.exception, NoNodeError):
+            elif not result.successful() and not isinstance(result.exception, _GONE):
                 # The permit may still be there: leaving it would shrink the cap until
                 # our session ends.
                 self._delete(path)

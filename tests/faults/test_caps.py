@@ -123,6 +123,29 @@ def test_two_nodes_racing_never_exceed_the_cap(make_coord: MakeCoord) -> None:
     assert most == 2 and admitted > 10
 
 
+def test_a_release_lost_with_its_connection_is_sent_again(
+    make_coord: MakeCoord, zk_hosts: str
+) -> None:
+    other = make_coord("b")
+    with proxy_to(zk_hosts) as proxy:
+        coord = make_coord("a", hosts=proxy.hosts)
+        permit = admit(coord, "resend", 1)
+        assert permit
+        proxy.freeze()
+        coord.gate.release(permit)  # the delete waits in the proxy...
+        time.sleep(0.2)
+        proxy.cut()  # ...and is lost with the connection; the session lives on
+        proxy.thaw()
+
+        def admitted() -> Any:
+            coord.gate.blocked()  # what the node calls on every claim pass
+            return admit(other, "resend", 1)
+
+        # Well before the session (4 s) could expire and take the permit with it.
+        assert wait_until(admitted, 2.5, "the released permit to be gone")
+        assert coord.client.client_id is not None
+
+
 def test_a_lost_session_gives_its_permits_back(make_coord: MakeCoord) -> None:
     holder, other = make_coord("a"), make_coord("b")
     assert admit(holder, "lost", 1)

@@ -28,6 +28,9 @@ class FreezableProxy:
         self._forwarding = threading.Event()
         self._forwarding.set()
         self._closed = threading.Event()
+        self._generation = 0  # cut() ends every connection of an older generation
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._threads.append(threading.Thread(target=self._accept, name="zk-proxy", daemon=True))
         self._threads[0].start()
@@ -41,6 +44,15 @@ class FreezableProxy:
 
     def thaw(self) -> None:
         self._forwarding.set()
+
+    def cut(self) -> None:
+        """Break every open connection; bytes held while frozen are lost, as on a dead link."""
+        with self._lock:
+            self._generation += 1
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._closed.set()
@@ -62,11 +74,16 @@ class FreezableProxy:
             except OSError:
                 inbound.close()
                 continue
-            pump = threading.Thread(target=self._pump, args=(inbound, outbound), daemon=True)
+            with self._lock:
+                self._open += [inbound, outbound]
+                generation = self._generation
+            pump = threading.Thread(
+                target=self._pump, args=(inbound, outbound, generation), daemon=True
+            )
             self._threads.append(pump)
             pump.start()
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+    def _pump(self, a: socket.socket, b: socket.socket, generation: int) -> None:
         peer = {a: b, b: a}
         with a, b, selectors.DefaultSelector() as sel:
             sel.register(a, selectors.EVENT_READ)
@@ -74,8 +91,10 @@ class FreezableProxy:
             while not self._closed.is_set():
                 # Frozen: read nothing, so bytes wait in the kernel and nobody hears back.
                 self._forwarding.wait()
+                if generation != self._generation:
+                    return  # cut: what was held is dropped with the connection
                 for key, _ in sel.select(timeout=0.05):
-                    if not self._forwarding.is_set() or self._closed.is_set():
+                    if not self._forwarding.is_set() or generation != self._generation:
                         break
                     src = key.fileobj
                     assert isinstance(src, socket.socket)
