@@ -12,20 +12,19 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from kazoo.exceptions import KazooException
 from kazoo.recipe.watchers import DataWatch
 
 from taskman.cluster import membership
-from taskman.cluster.concurrency import BLOCKED_FOR, Cap, ConcurrencyGate
+from taskman.cluster.concurrency import Blocked, Cap, ConcurrencyGate, Permit, admits
 from taskman.cluster.election import LeaderElection
 from taskman.cluster.layout import ClusterPaths, claim_name
 from taskman.cluster.lease import ClaimLease
 from taskman.cluster.zk import (
+    ZK_TIMEOUT,
     SessionMonitor,
     connect,
     ensure_namespace,
@@ -36,6 +35,15 @@ from taskman.cluster.zk import (
 from taskman.config import NodeConfig
 from taskman.errors import CoordinationError
 from taskman.store import Candidate
+
+
+def claim_path_timeout(session_timeout: float) -> float:
+    """The deadline of the ZooKeeper calls on the claim path (caps, claims).
+
+    Well under the session timeout: the main loop that waits on them also serves
+    the runners, and a node that cannot reach ZooKeeper fences itself at 0.65 of it.
+    """
+    return min(ZK_TIMEOUT, session_timeout / 4)
 
 
 class ZkCoordination:
@@ -49,8 +57,9 @@ class ZkCoordination:
         )
         ensure_namespace(self.client, self.paths, insecure=config.insecure)
         self.monitor = SessionMonitor(self.client, self.paths.nodes, config.session_timeout)
-        self.lease: Any = ClaimLease(self.client, self.paths, config.node_id)
-        self.gate: Any = ConcurrencyGate(self.client, self.paths, config.node_id)
+        timeout = claim_path_timeout(config.session_timeout)
+        self.lease: Any = ClaimLease(self.client, self.paths, config.node_id, timeout)
+        self.gate: Any = ConcurrencyGate(self.client, self.paths, config.node_id, timeout)
 
     def start(self) -> None:
         self.monitor.start()
@@ -184,38 +193,40 @@ class _LocalLease:
             return set(self._claims)
 
 
-@dataclass
-class _Permit:
-    key: str
-
-
 class _LocalGate:
+    """The same admission rule as ConcurrencyGate, over permits kept in memory."""
+
     def __init__(self) -> None:
-        self._held: dict[str, int] = {}
-        self._blocked: dict[str, tuple[float, Cap, tuple[str, str] | None]] = {}
+        self._held: dict[str, dict[str, int]] = {}  # key -> permit name -> its limit
+        self._names = itertools.count(1)
+        self._blocked = Blocked()
         self._lock = threading.Lock()
 
-    def try_acquire(self, cap: Cap, candidate: Candidate) -> _Permit | None:
+    def try_acquire(self, cap: Cap, candidate: Candidate) -> Permit | None:
         with self._lock:
-            if self._held.get(cap.key, 0) < cap.limit:
-                self._held[cap.key] = self._held.get(cap.key, 0) + 1
-                return _Permit(cap.key)
-            pair = None if cap.by_key else (candidate.plugin, candidate.function)
-            self._blocked[cap.key] = (time.monotonic() + BLOCKED_FOR, cap, pair)
+            held = self._held.setdefault(cap.key, {})
+            # In one process every held permit was admitted earlier: all are ahead.
+            if admits(cap.limit, list(held.values())):
+                name = f"local-{next(self._names)}"
+                held[name] = cap.limit
+                return Permit(cap.key, cap.limit, name)
+            self._blocked.add(cap, candidate)
             return None
 
-    def release(self, permit: _Permit) -> None:
+    def release(self, permit: Permit) -> None:
         with self._lock:
-            self._held[permit.key] = max(0, self._held.get(permit.key, 0) - 1)
+            held = self._held.get(permit.key, {})
+            held.pop(permit.name, None)  # exactly this permit, so a second release is harmless
+            if not held:
+                self._held.pop(permit.key, None)
 
     def blocked(self) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
-        now = time.monotonic()
         with self._lock:
-            live = {k: v for k, v in self._blocked.items() if v[0] > now}
-            self._blocked = live
-        keys = frozenset(cap.key for _, cap, pair in live.values() if pair is None)
-        pairs = frozenset(pair for _, _, pair in live.values() if pair is not None)
-        return keys, pairs
+            return self._blocked.current()
+
+    def held(self) -> int:
+        with self._lock:
+            return sum(len(h) for h in self._held.values())
 
 
 class _LocalElection:

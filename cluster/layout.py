@@ -36,6 +36,11 @@ class ClusterPaths:
         return f"{self.base}/leader"
 
     @property
+    def caps(self) -> str:
+        # caps/<key>/<permit>: one ephemeral znode per attempt holding a concurrency permit
+        return f"{self.base}/caps"
+
+    @property
     def drain_requests(self) -> str:
         return f"{self.base}/drain"
 
@@ -51,7 +56,7 @@ class ClusterPaths:
         return f"{self.claims}/{claim_name(task_id, attempt)}"
 
     def all(self) -> tuple[str, ...]:
-        return (self.nodes, self.claims, self.sessions, self.leader, self.drain_requests)
+        return (self.nodes, self.claims, self.sessions, self.leader, self.drain_requests, self.caps)
 
 
 def claim_name(task_id: int, attempt: int) -> str:

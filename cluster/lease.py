@@ -20,6 +20,7 @@ attempt, and the leader would reclaim a live attempt.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import structlog
@@ -27,31 +28,36 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from taskman.cluster.layout import ClusterPaths
-from taskman.cluster.zk import wait
+from taskman.cluster.zk import ZK_TIMEOUT, wait
 
 log = structlog.get_logger("taskman.cluster")
 
 
 class ClaimLease:
-    def __init__(self, client: KazooClient, paths: ClusterPaths, node_id: str) -> None:
+    def __init__(
+        self, client: KazooClient, paths: ClusterPaths, node_id: str, timeout: float = ZK_TIMEOUT
+    ) -> None:
         self.client = client
         self.paths = paths
         self.node_id = node_id
         self.marker = f"{paths.sessions}/none"  # until open_session(): no release applies
+        self.timeout = timeout  # claim-path calls: one claim, or one pipelined batch as a whole
 
-    def acquire(self, task_id: int, attempt: int) -> int | None:
+    def acquire(self, task_id: int, attempt: int, deadline: float | None = None) -> int | None:
         """Claim one attempt; its fencing token, or None if another node holds it."""
+        deadline = deadline or time.monotonic() + self.timeout
         path = self.paths.claim(task_id, attempt)
         for _ in range(2):
             try:
                 _, stat = wait(
                     self.client.create_async(
                         path, self.node_id.encode(), ephemeral=True, include_data=True
-                    )
+                    ),
+                    _left(deadline),
                 )
                 return int(stat.czxid)
             except NodeExistsError:
-                if not self._drop_own_leftover(path):
+                if not self._drop_own_leftover(path, deadline):
                     return None
         return None
 
@@ -71,13 +77,17 @@ class ClaimLease:
         ]
         tokens: list[int | None] = []
         failure: Exception | None = None
+        # One deadline for the batch: a silent server must not cost one timeout per claim.
+        deadline = time.monotonic() + self.timeout
         for (task_id, attempt), result in zip(attempts, pending, strict=True):
             try:
-                _, stat = wait(result)
-                tokens.append(int(stat.czxid))
-            except NodeExistsError:
-                # Rare (a lost race, or our own create that timed out): the careful path.
-                tokens.append(None if failure else self.acquire(task_id, attempt))
+                try:
+                    _, stat = wait(result, _left(deadline))
+                    token: int | None = int(stat.czxid)
+                except NodeExistsError:
+                    # Rare (a lost race, or our own create that timed out): the careful path.
+                    token = None if failure else self.acquire(task_id, attempt, deadline)
+                tokens.append(token)
             except Exception as exc:  # noqa: BLE001 - collected, then re-raised below
                 failure = failure or exc
                 tokens.append(None)
@@ -85,23 +95,27 @@ class ClaimLease:
             # No row backs these claims: drop them so other nodes are not blocked.
             for (task_id, attempt), token in zip(attempts, tokens, strict=True):
                 if token is not None:
-                    with contextlib.suppress(Exception):
-                        self.release(task_id, attempt)
+                    self.client.delete_async(self.paths.claim(task_id, attempt))  # not awaited
             raise failure
         return tokens
 
-    def _drop_own_leftover(self, path: str) -> bool:
+    def _drop_own_leftover(self, path: str, deadline: float) -> bool:
         # A create that timed out on our side may still have succeeded: that claim is
         # ours but no database row backs it. Delete it and try again.
         try:
-            _data, stat = wait(self.client.get_async(path))
+            _data, stat = wait(self.client.get_async(path), _left(deadline))
         except NoNodeError:
             return True
         client_id = self.client.client_id
         if client_id is None or stat.ephemeralOwner != client_id[0]:
             return False
         log.info("claim.leftover_dropped", path=path)
-        self.release_path(path)
+        # Guarded by our session marker: if the session ended since the read above,
+        # this claim is gone and the path may already be another node's.
+        transaction = self.client.transaction()
+        transaction.check(self.marker, -1)
+        transaction.delete(path)
+        wait(transaction.commit_async(), _left(deadline))
         return True
 
     def open_session(self) -> None:
@@ -157,3 +171,7 @@ class ClaimLease:
     def token_of(self, task_id: int, attempt: int) -> int | None:
         stat = wait(self.client.exists_async(self.paths.claim(task_id, attempt)))
         return None if stat is None else int(stat.czxid)
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())

@@ -32,7 +32,6 @@ from kazoo.exceptions import (
     RolledBackError,
     RuntimeInconsistency,
 )
-from kazoo.recipe.lock import Semaphore
 
 import taskman
 from taskman import metrics
@@ -43,7 +42,7 @@ from taskman.cluster.attempts import (
     ending_from_message,
     failure_ending,
 )
-from taskman.cluster.concurrency import cap_for
+from taskman.cluster.concurrency import Permit, cap_for
 from taskman.cluster.coordination import ZkCoordination
 from taskman.cluster.endpoints import CachedCheck, Endpoints
 from taskman.cluster.leadership import Leadership
@@ -87,7 +86,7 @@ class Prepared:
     candidate: Candidate
     plugin: Plugin | None
     problem: str | None
-    semaphore: Semaphore | None
+    semaphore: Permit | None
 
     @property
     def task_id(self) -> int:
@@ -135,7 +134,7 @@ class Node:
         self.leftover_claims: list[tuple[int, int]] = []
         # In flight: the claims, kazoo's result, and the session marker they were sent under.
         self.releasing: list[tuple[list[tuple[int, int]], Any, str]] = []
-        self.semaphores: dict[tuple[int, int], Semaphore] = {}
+        self.semaphores: dict[tuple[int, int], Permit] = {}
         self.is_leader = False
         self.started = threading.Event()
         self._guard_done = threading.Event()
@@ -514,13 +513,7 @@ class Node:
         if len(candidates) > free:
             # Nodes that see the same candidates should not all race for the first one.
             random.shuffle(candidates)
-        chosen: list[Prepared] = []
-        for candidate in candidates:
-            if len(chosen) >= free or not self._may_claim():
-                break
-            prepared = self._prepare(candidate)
-            if prepared is not None:
-                chosen.append(prepared)
+        chosen = self._choose(candidates, free)
         if not chosen:
             return (0, free)
         started = time.monotonic()
@@ -563,6 +556,24 @@ class Node:
             claimed += self._start_claimed(prepared, claim, started)
         return (claimed, free)
 
+    def _choose(self, candidates: list[Candidate], free: int) -> list[Prepared]:
+        chosen: list[Prepared] = []
+        try:
+            for candidate in candidates:
+                if len(chosen) >= free or not self._may_claim():
+                    break
+                prepared = self._prepare(candidate)
+                if prepared is not None:
+                    chosen.append(prepared)
+        except CoordinationError as exc:
+            # ZooKeeper missed the cap's deadline: try again next poll, holding nothing.
+            self.log.warning("claim.concurrency_failed", error=str(exc))
+            for prepared in chosen:
+                if prepared.semaphore is not None:
+                    self.gate.release(prepared.semaphore)
+            return []
+        return chosen
+
     @staticmethod
     def _version_of(prepared: Prepared) -> str:
         plugin = prepared.plugin
@@ -570,6 +581,11 @@ class Node:
 
     def _prepare(self, candidate: Candidate) -> Prepared | None:
         """Resolve the plugin and take a concurrency lease; None if the cap is full."""
+        if candidate.task_id in self.active:
+            # An earlier attempt of it (fenced, reclaimed) is still ending here. Claiming
+            # now would replace its entry: its exit would go unhandled, its runner
+            # unclosed, its permit and claim never released.
+            return None
         plugin: Plugin | None = None
         problem: str | None = None
         try:

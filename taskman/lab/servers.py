@@ -758,7 +758,8 @@ class ZooKeeperEnsemble:
             f"clientPort={server.client_port}",
             f"clientPortAddress={self._host}",
             "admin.enableServer=false",
-            "4lw.commands.whitelist=srvr,stat,ruok,mntr,conf,cons",
+            # wchc/wchs: fault tests count a session's watches to prove none leak.
+            "4lw.commands.whitelist=srvr,stat,ruok,mntr,conf,cons,wchc,wchs",
         ]
         if self._tls:
             keystore, truststore = self._tls
