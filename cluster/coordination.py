@@ -41,7 +41,7 @@ def claim_path_timeout(session_timeout: float) -> float:
     """The deadline of the ZooKeeper calls on the claim path (caps, claims).
 
     Well under the session timeout: the main loop that waits on them also serves
-    the runners, and a node that cannot reach ZooKeeper fences itself at 0.65 of it.
+    the runners, and a node that cannot reach ZooKeeper fences itself at 0.8 of it.
     """
     return min(ZK_TIMEOUT, session_timeout / 4)
 

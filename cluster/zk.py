@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoAuthError, NodeExistsError
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.protocol.serialization import Connect
 from kazoo.retry import KazooRetry
@@ -78,7 +78,10 @@ def connect(
     client = KazooClient(
         hosts=hosts,
         timeout=session_timeout,
-        connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0),
+        handler=_QuickConnectHandler(min(2.0, max(0.5, session_timeout / 8))),
+        # Reconnect attempts at most 0.25 s apart: after an election the node is back
+        # within a quarter second of the new leader serving, not a second later.
+        connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=0.25),
         command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0, deadline=ZK_TIMEOUT),
         auth_data=[("digest", security.auth)] if security.auth else None,
         default_acl=security.acl(),
@@ -92,6 +95,28 @@ def connect(
         client.close()
         raise CoordinationError(f"cannot reach ZooKeeper at {hosts}: {exc}") from None
     return client
+
+
+class _QuickConnectHandler(SequentialThreadingHandler):  # type: ignore[misc]
+    """kazoo's handler with a short TCP connect timeout.
+
+    kazoo gives each connect attempt the whole session timeout. When the datacenter
+    of one server is cut off, packets to it vanish, and a reconnect that happens to
+    pick it hangs for the whole session while the other servers could have taken
+    the session back at once: in the lab this kept the majority's nodes off
+    ZooKeeper 3.6 s longer than the ensemble's own election.
+    """
+
+    def __init__(self, connect_timeout: float) -> None:
+        super().__init__()
+        self.connect_timeout = connect_timeout
+
+    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        timeout = kwargs.get("timeout")
+        kwargs["timeout"] = (
+            self.connect_timeout if timeout is None else min(timeout, self.connect_timeout)
+        )
+        return super().create_connection(*args, **kwargs)
 
 
 def _record_negotiated_timeout(client: KazooClient) -> None:

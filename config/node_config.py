@@ -59,12 +59,18 @@ class NodeConfig:
     metrics_address: str | None = None  # "host:port" for /metrics, /healthz, /readyz
     drain_timeout: float = 30.0  # on SIGTERM or `taskman node drain`: let attempts finish
 
-    # The self-fencing budget, in fractions of the session timeout. ZooKeeper can
-    # expire a session one tick (0.5 s) before session_timeout after it last heard
-    # from the node; every runner must be dead by then. A runner last pinged at
-    # ping_cutoff dies within runner_watchdog (+ a quarter of it, its check period):
-    # 0.4 + 0.25 + 0.06 = 0.71 of the session. The node itself SIGKILLs at 0.65.
-    # Before any of that, at 0.2, the node makes kazoo try another server.
+    # The self-fencing budget, in fractions of the session timeout S. ZooKeeper can
+    # expire a session one tick (0.5 s) before S after it last heard from the node,
+    # and no earlier: a quorum must commit the expiry, and a newly elected leader
+    # restarts every session's full timeout. Every runner must be dead by S - 0.5.
+    # A runner last pinged at ping_cutoff dies within runner_watchdog (+ a quarter
+    # of it, its check period): 0.55 + 0.2 + 0.05 = 0.80 S. The node itself SIGKILLs
+    # at 0.8 S. (For S under 4 s both are clipped to keep 0.1 s before S - 0.5.)
+    # Before any of that, at 0.2 S, the node makes kazoo try another server.
+    # Why these values: cutting off the datacenter of the ZooKeeper leader leaves
+    # the majority without a serving ensemble while its followers notice and elect
+    # (docs/architecture.md, "Surviving the loss of the ZooKeeper leader"); nodes
+    # there must ride that out, so their runners must live through 0.75 S of silence.
 
     @property
     def zookeeper_failover_after(self) -> float:
@@ -74,7 +80,7 @@ class NodeConfig:
     @property
     def ping_cutoff(self) -> float:
         """The node pings its runners only while ZooKeeper answered within this long."""
-        return 0.4 * self.session_timeout
+        return min(0.55 * self.session_timeout, 0.75 * self.session_timeout - 0.65)
 
     @property
     def runner_watchdog(self) -> float:
@@ -83,12 +89,12 @@ class NodeConfig:
         A node frozen by SIGSTOP cannot kill anything; its runners notice the
         silence and die before ZooKeeper expires its session.
         """
-        return 0.25 * self.session_timeout
+        return 0.2 * self.session_timeout
 
     @property
     def self_fence_after(self) -> float:
         """With no confirmed ZooKeeper contact for this long, the node kills its runners."""
-        return 0.65 * self.session_timeout
+        return min(0.8 * self.session_timeout, self.session_timeout - 0.65)
 
     # The database budget, in fractions of heartbeat_timeout. The leader reclaims an
     # attempt whose heartbeat value it has seen unchanged for heartbeat_timeout on
@@ -262,7 +268,7 @@ def _check(config: NodeConfig, source: str) -> None:
     if config.slots < 1:
         raise fail("'slots' must be at least 1")
     if not 3.0 <= config.session_timeout <= 60.0:
-        # Below 3 s the self-fencing budget (0.71 of it) leaves no margin before expiry.
+        # Below 3 s the self-fencing budget (0.8 of it) leaves no margin before expiry.
         raise fail("'session_timeout' must be between 3 and 60 seconds")
     for name in ("heartbeat_interval", "poll_interval", "kill_grace"):
         if getattr(config, name) <= 0:

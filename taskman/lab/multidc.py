@@ -349,7 +349,10 @@ class MultiDCLab:
         lines = [
             "tickTime=500",
             "initLimit=10",
-            "syncLimit=4",
+            # A follower gives its leader up after syncLimit x tickTime (1 s): the
+            # shorter, the sooner the majority elects when the leader's datacenter
+            # is cut off (docs/architecture.md, "Surviving the loss of the ZooKeeper leader").
+            "syncLimit=2",
             "minSessionTimeout=1000",
             "maxSessionTimeout=30000",
             f"dataDir={data}",

@@ -56,6 +56,9 @@ _ZK_JVM_ARGS: tuple[str, ...] = (
     "-Xss512k",
     "-Dzookeeper.fastleader.maxNotificationInterval=2000",
     "-Dzookeeper.cnxTimeout=1000",
+    # Timestamps in the servers' logs, to line their elections up with the nodes' logs.
+    "-Dorg.slf4j.simpleLogger.showDateTime=true",
+    "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
 )
 _ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
@@ -751,7 +754,10 @@ class ZooKeeperEnsemble:
         lines = [
             "tickTime=500",
             "initLimit=10",
-            "syncLimit=4",
+            # A follower gives its leader up after syncLimit x tickTime (1 s): the
+            # shorter, the sooner the majority elects when the leader's datacenter
+            # is cut off (docs/architecture.md, "Surviving the loss of the ZooKeeper leader").
+            "syncLimit=2",
             "minSessionTimeout=1000",
             "maxSessionTimeout=30000",
             f"dataDir={data_dir}",

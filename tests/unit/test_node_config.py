@@ -323,9 +323,9 @@ def test_smallest_valid_timings_are_accepted(tmp_path: Path) -> None:
 def test_derived_timings_for_the_defaults(tmp_path: Path) -> None:
     config = load(tmp_path)
     assert config.zookeeper_failover_after == pytest.approx(1.2)
-    assert config.ping_cutoff == pytest.approx(2.4)
-    assert config.runner_watchdog == pytest.approx(1.5)
-    assert config.self_fence_after == pytest.approx(3.9)
+    assert config.ping_cutoff == pytest.approx(3.3)
+    assert config.runner_watchdog == pytest.approx(1.2)
+    assert config.self_fence_after == pytest.approx(4.8)
 
 
 @pytest.mark.parametrize("session_timeout", [3.0, 4.0, 6.0, 10.0, 30.0, 60.0])
