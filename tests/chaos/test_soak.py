@@ -113,6 +113,60 @@ def _kill_zk(
     return Fault(at, bound=s.session + 5, notes=[f"kill ZooKeeper {dc}"])
 
 
+def _freeze_galera(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    """A database server hangs (SIGSTOP), for less or more than heartbeat_timeout."""
+    heartbeat_timeout = float(lab.state.node_options["heartbeat_timeout"])
+    dc = rng.choice(lab.galera_dcs)
+    hold = rng.uniform(1.0, heartbeat_timeout + 4)
+    at = time.time()
+    lab.signal(f"{dc}-galera", signal.SIGSTOP)
+    try:
+        time.sleep(hold)
+    finally:
+        lab.signal(f"{dc}-galera", signal.SIGCONT)
+    # A stalled leader resigns after heartbeat_timeout; its successor then waits
+    # heartbeat_timeout on its own clock before reclaiming (docs/architecture.md).
+    bound = 2 * heartbeat_timeout + 5
+    return Fault(at, target_dc=dc, bound=bound, notes=[f"freeze Galera {dc} {hold:.1f} s"])
+
+
+def _pause_zk_leader(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    """The ZooKeeper leader hangs: its followers answer reads from a stale view, then elect."""
+    leader = lab.zk_leader() or rng.choice(lab.datacenters)
+    hold = rng.uniform(0.5, s.session)
+    at = time.time()
+    lab.signal(f"{leader}-zk", signal.SIGSTOP)
+    try:
+        time.sleep(hold)
+    finally:
+        lab.signal(f"{leader}-zk", signal.SIGCONT)
+    return Fault(at, bound=s.session + 5, notes=[f"pause ZooKeeper leader {leader} {hold:.1f} s"])
+
+
+def _cut_zk_leader_dc(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    """Cut off the datacenter of the ZooKeeper leader: the majority must ride it out."""
+    dc = lab.zk_leader() or rng.choice(lab.datacenters)
+    at = time.time()
+    lab.partition_dc(dc)
+    hold = rng.uniform(1.0, s.session + 8)
+    time.sleep(hold)
+    healed = time.time()
+    lab.heal(dc)
+    return Fault(
+        at,
+        target_dc=dc,
+        minority_window=(at, healed),
+        bound=s.session + 5,
+        notes=[f"cut ZooKeeper leader's {dc} {hold:.1f} s"],
+    )
+
+
 FAULTS: dict[str, Faulter] = {
     "kill-dc": _kill_dc,
     "partition-dc": _partition,
@@ -121,6 +175,9 @@ FAULTS: dict[str, Faulter] = {
     "kill-leader": _kill_leader,
     "restart-galera": _restart_galera,
     "kill-zk": _kill_zk,
+    "freeze-galera": _freeze_galera,
+    "pause-zk-leader": _pause_zk_leader,
+    "cut-zk-leader-dc": _cut_zk_leader_dc,
 }
 
 
