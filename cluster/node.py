@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import os
 import queue
-import random
 import socket
 import threading
 import time
@@ -441,9 +440,8 @@ class Node:
         except StoreError as exc:
             self.log.warning("claim.candidates_failed", error=str(exc))
             return (0, free)
-        if len(candidates) > free:
-            # Nodes that see the same candidates should not all race for the first one.
-            random.shuffle(candidates)
+        # Claimed in queue order, never shuffled: a reclaimed task must not be overtaken
+        # by later work (invariant 6). A node that loses a race for the head looks again.
         chosen: list[Prepared] = []
         for candidate in candidates:
             if len(chosen) >= free or not self._may_claim():

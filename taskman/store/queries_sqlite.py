@@ -146,7 +146,9 @@ INSERT_ATTEMPT = (
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
     "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
-    "tm_diff_us(run_after, tm_now()) AS wait_us "
+    "tm_diff_us(MAX(run_after, COALESCE("
+    "(SELECT MAX(ended_at) FROM attempts WHERE attempts.task_id = tasks.id), run_after)), "
+    "tm_now()) AS wait_us "
     "FROM tasks WHERE id IN ({ids})"
 )
 
@@ -166,7 +168,7 @@ FINISH_SUCCEEDED = (
 FINISH_RETRY = (
     "UPDATE tasks SET state = 'queued', failures = failures + %s, reclaims = reclaims + %s, "
     "owner = NULL, "
-    "owner_datacenter = NULL, run_after = tm_add_us(tm_now(), %s), "
+    "owner_datacenter = NULL, run_after = CASE WHEN %s THEN tm_add_us(tm_now(), %s) ELSE run_after END, "
     "error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )
@@ -193,7 +195,7 @@ TAKE_LEADERSHIP = (
 )
 RECLAIM = (
     "UPDATE tasks SET state = 'queued', reclaims = reclaims + 1, owner = NULL, "
-    "owner_datacenter = NULL, run_after = tm_now(), error_type = %s, error_message = %s "
+    "owner_datacenter = NULL, error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND attempt = %s AND state = 'running'" + LEADER_GUARD
 )
 RECLAIM_GIVE_UP = (

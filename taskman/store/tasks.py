@@ -60,7 +60,9 @@ class Claim:
     retry_backoff: float | None  # None: the node's default
     abort_requested: bool
     limits: dict[str, int] | None = None
-    waited: float = 0.0  # seconds from due (submit, not_before or retry) to this claim, DB clock
+    # Seconds from due (submit, not_before, retry, or back in the queue after a reclaim)
+    # to this claim, by the DB clock.
+    waited: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -508,7 +510,8 @@ class TaskStore:
                 (
                     int(r.counts_as_failure),
                     int(not r.counts_as_failure),
-                    micros,
+                    int(r.counts_as_failure),  # only a failure waits a backoff ...
+                    micros,  # ... else run_after stays: the task keeps its place in line
                     r.error_type,
                     task_message,
                     r.task_id,
