@@ -225,15 +225,17 @@ PRUNE_BATCH = (
 PRUNE_COUNT = (
     "SELECT COUNT(*) AS n FROM tasks WHERE state = %s AND finished_at < NOW(6) - INTERVAL %s SECOND"
 )
-QUEUED_PLUGINS = (
-    "SELECT plugin, plugin_version, MIN(created_at) FROM tasks WHERE state = 'queued' "
-    "GROUP BY plugin, plugin_version"
+# What queued work needs, by placement: the leader checks each against the live members.
+QUEUED_PLACEMENTS = (
+    "SELECT DISTINCT plugin, plugin_version, datacenter FROM tasks WHERE state = 'queued'"
 )
-FAIL_UNRUNNABLE = (
-    "UPDATE tasks SET state = 'failed', finished_at = NOW(6), error_type = 'PluginError', "
+# Fail the queued tasks of one placement no live node has served for the grace (the
+# leader times that); a task due for less than the grace waits its own grace first.
+FAIL_UNPLACEABLE = (
+    "UPDATE tasks SET state = 'failed', finished_at = NOW(6), error_type = %s, "
     "error_message = %s "
-    "WHERE state = 'queued' AND plugin = %s AND plugin_version <=> %s "
-    "AND created_at <= NOW(6) - INTERVAL %s SECOND" + LEADER_GUARD
+    "WHERE state = 'queued' AND plugin = %s AND plugin_version <=> %s AND datacenter <=> %s "
+    "AND run_after <= NOW(6) - INTERVAL %s MICROSECOND" + LEADER_GUARD
 )
 
 # -- schedules (recurring tasks; see taskman/schedules.py and docs/schedules.md) --------

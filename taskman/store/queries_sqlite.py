@@ -41,7 +41,7 @@ from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads
     LIST_SCHEDULES,
     LIST_TASKS,
     PAUSE_SCHEDULE,
-    QUEUED_PLUGINS,
+    QUEUED_PLACEMENTS,
     REPLACE_SCHEDULE,
     RESUME_SCHEDULE,
     RUNNING_STATUS,
@@ -226,11 +226,11 @@ PRUNE_COUNT = (
     "SELECT COUNT(*) AS n FROM tasks "
     "WHERE state = %s AND finished_at < tm_add_us(tm_now(), -1000000.0 * %s)"
 )
-FAIL_UNRUNNABLE = (
-    "UPDATE tasks SET state = 'failed', finished_at = tm_now(), error_type = 'PluginError', "
+FAIL_UNPLACEABLE = (
+    "UPDATE tasks SET state = 'failed', finished_at = tm_now(), error_type = %s, "
     "error_message = %s "
-    "WHERE state = 'queued' AND plugin = %s AND plugin_version IS %s "
-    "AND created_at <= tm_add_us(tm_now(), -1000000.0 * %s)" + LEADER_GUARD
+    "WHERE state = 'queued' AND plugin = %s AND plugin_version IS %s AND datacenter IS %s "
+    "AND run_after <= tm_add_us(tm_now(), 0 - %s)" + LEADER_GUARD
 )
 
 # -- schedules ------------------------------------------------------------------------------
@@ -304,6 +304,5 @@ DATETIME_COLUMNS = frozenset(
         "next_tick",
         "last_tick",
         "NOW(6)",
-        "MIN(created_at)",
     }
 )

@@ -621,12 +621,26 @@ class TaskStore:
         """The largest fence or leader epoch stored: a restarted local coordinator starts above it."""
         return int(self.db.query(self.q.HIGHEST_FENCE_OR_EPOCH)[0]["token"] or 0)
 
-    def queued_plugins(self) -> list[tuple[str, str | None]]:
-        return [(r["plugin"], r["plugin_version"]) for r in self.db.query(self.q.QUEUED_PLUGINS)]
+    def queued_placements(self) -> list[tuple[str, str | None, str | None]]:
+        """Each (plugin, pinned version, pinned datacenter) some queued task needs."""
+        return [
+            (r["plugin"], r["plugin_version"], r["datacenter"])
+            for r in self.db.query(self.q.QUEUED_PLACEMENTS)
+        ]
 
-    def fail_unrunnable(
-        self, plugin: str, version: str | None, message: str, grace: float, *, role: str, epoch: int
+    def fail_unplaceable(
+        self,
+        placement: tuple[str, str | None, str | None],
+        error_type: str,
+        message: str,
+        grace: float,
+        *,
+        role: str,
+        epoch: int,
     ) -> int:
+        """Fail the queued tasks of ``placement`` that have been due for ``grace`` s or more."""
+        plugin, version, datacenter = placement
         return self.db.execute(
-            self.q.FAIL_UNRUNNABLE, (message, plugin, version, grace, role, epoch)
+            self.q.FAIL_UNPLACEABLE,
+            (error_type, message, plugin, version, datacenter, int(grace * 1e6), role, epoch),
         )
