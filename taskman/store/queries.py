@@ -157,8 +157,8 @@ FINISH_SUCCEEDED = (
 # flag is 0) keeps run_after, and so its place in line, as a reclaim does.
 FINISH_RETRY = (
     "UPDATE tasks SET state = 'queued', failures = failures + %s, reclaims = reclaims + %s, "
-    "owner = NULL, "
-    "owner_datacenter = NULL, run_after = CASE WHEN %s THEN NOW(6) + INTERVAL %s MICROSECOND ELSE run_after END, "
+    "owner = NULL, owner_datacenter = NULL, "
+    "run_after = CASE WHEN %s THEN NOW(6) + INTERVAL %s MICROSECOND ELSE run_after END, "
     "error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )

@@ -167,8 +167,8 @@ FINISH_SUCCEEDED = (
 )
 FINISH_RETRY = (
     "UPDATE tasks SET state = 'queued', failures = failures + %s, reclaims = reclaims + %s, "
-    "owner = NULL, "
-    "owner_datacenter = NULL, run_after = CASE WHEN %s THEN tm_add_us(tm_now(), %s) ELSE run_after END, "
+    "owner = NULL, owner_datacenter = NULL, "
+    "run_after = CASE WHEN %s THEN tm_add_us(tm_now(), %s) ELSE run_after END, "
     "error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )
