@@ -42,6 +42,7 @@ from taskman.cluster.attempts import (
     ending_from_message,
     failure_ending,
 )
+from taskman.cluster.claim_order import claim_order
 from taskman.cluster.concurrency import cap_for
 from taskman.cluster.coordination import ZkCoordination
 from taskman.cluster.endpoints import CachedCheck, Endpoints
@@ -440,10 +441,8 @@ class Node:
         except StoreError as exc:
             self.log.warning("claim.candidates_failed", error=str(exc))
             return (0, free)
-        # Claimed in queue order, never shuffled: a reclaimed task must not be overtaken
-        # by later work (invariant 6). A node that loses a race for the head looks again.
         chosen: list[Prepared] = []
-        for candidate in candidates:
+        for candidate in claim_order(candidates):
             if len(chosen) >= free or not self._may_claim():
                 break
             prepared = self._prepare(candidate)

@@ -97,8 +97,8 @@ HIGHEST_FENCE_OR_EPOCH = (
 # a plugin (and pinned version) this node has. The plugin filter is built from
 # CANDIDATE_PLUGIN_TERM, one term per installed plugin.
 CANDIDATES = (
-    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit "
-    "FROM tasks FORCE INDEX (tasks_claim) "
+    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit, "
+    "priority FROM tasks FORCE INDEX (tasks_claim) "
     "WHERE state = 'queued' AND run_after <= NOW(6) "
     "AND (not_after IS NULL OR not_after > NOW(6)) "
     "AND (datacenter IS NULL OR datacenter = %s) "

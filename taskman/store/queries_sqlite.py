@@ -121,8 +121,8 @@ HIGHEST_FENCE_OR_EPOCH = (
 # -- node: claims -----------------------------------------------------------
 # No FORCE INDEX: SQLite's planner picks tasks_claim for this shape by itself.
 CANDIDATES = (
-    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit "
-    "FROM tasks "
+    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit, "
+    "priority FROM tasks "
     "WHERE state = 'queued' AND run_after <= tm_now() "
     "AND (not_after IS NULL OR not_after > tm_now()) "
     "AND (datacenter IS NULL OR datacenter = %s) "

@@ -40,6 +40,7 @@ class Candidate:
     function: str
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,7 @@ class TaskStore:
                 r["function"],
                 r["concurrency_key"],
                 r["concurrency_limit"],
+                int(r["priority"]),
             )
             for r in rows
         ]
