@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import os
 import queue
-import random
 import socket
 import threading
 import time
@@ -42,6 +41,7 @@ from taskman.cluster.attempts import (
     ending_from_message,
     failure_ending,
 )
+from taskman.cluster.claim_order import claim_order
 from taskman.cluster.concurrency import Permit, cap_for
 from taskman.cluster.coordination import ZkCoordination
 from taskman.cluster.endpoints import CachedCheck, Endpoints
@@ -510,10 +510,7 @@ class Node:
         except StoreError as exc:
             self.log.warning("claim.candidates_failed", error=str(exc))
             return (0, free)
-        if len(candidates) > free:
-            # Nodes that see the same candidates should not all race for the first one.
-            random.shuffle(candidates)
-        chosen = self._choose(candidates, free)
+        chosen = self._choose(claim_order(candidates), free)
         if not chosen:
             return (0, free)
         started = time.monotonic()

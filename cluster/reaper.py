@@ -1,4 +1,4 @@
-"""The leader's duties: reclaim orphaned attempts, expire overdue tasks, fail unrunnable ones.
+"""The leader's duties: reclaim orphaned attempts, expire overdue tasks, fail unplaceable ones.
 
 Reclaim compares the database with ZooKeeper in this order: read the running
 tasks, then list the live claims (after a sync, so the ZooKeeper server answering
@@ -11,6 +11,13 @@ epoch; if it races the owner's own outcome write, one of them matches 0 rows.
 Heartbeat timeouts are measured on the leader's own monotonic clock: the reaper
 only compares a task's heartbeat value with the value it saw before, never one
 machine's clock with another's.
+
+A queued task is unplaceable while no live member could run it: none has its
+plugin (and pinned version) in its pinned datacenter. The leader times how long
+each placement has gone unserved, on its own monotonic clock, from the first
+pass that found it so; one pass that finds it served starts the count again. So
+a member's short absence (a restart) fails nothing, however old the queued work.
+A new leader starts counting afresh: a failover can only delay a failure.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ class _Seen:
     since: float
 
 
+Placement = tuple[str, str | None, str | None]  # plugin, pinned version, pinned datacenter
+
+
 @dataclass(frozen=True)
 class ReapReport:
     node_lost: int = 0
@@ -65,10 +75,12 @@ class Reaper:
         self.max_reclaims = max_reclaims
         self.unrunnable_grace = unrunnable_grace
         self._seen: dict[int, _Seen] = {}
+        self._unserved: dict[Placement, float] = {}  # monotonic time first seen unserved
 
     def forget(self) -> None:
-        """A new term starts from scratch (heartbeat ages are measured from now)."""
+        """A new term starts from scratch (heartbeat and unserved ages are measured from now)."""
         self._seen.clear()
+        self._unserved.clear()
 
     def take_office(self, node_id: str, epoch: int) -> bool:
         self.forget()
@@ -122,7 +134,7 @@ class Reaper:
         expired = self.store.expire_due(role=ROLE, epoch=epoch)
         if expired:
             log.info("tasks.expired", count=expired)
-        return ReapReport(node_lost, heartbeat_lost, expired, self._fail_unrunnable(epoch))
+        return ReapReport(node_lost, heartbeat_lost, expired, self.fail_unplaceable(epoch))
 
     def _reclaim(self, task: RunningTask, outcome: Outcome, reason: str, epoch: int) -> bool:
         give_up = task.reclaims + 1 > self.max_reclaims
@@ -142,22 +154,59 @@ class Reaper:
         self._seen.pop(task.task_id, None)
         return done
 
-    def _fail_unrunnable(self, epoch: int) -> int:
-        served: dict[str, set[str]] = {}
-        for info in self.members():
-            for name, versions in dict(info.get("plugins", {})).items():
-                served.setdefault(name, set()).update(versions)
+    def fail_unplaceable(self, epoch: int) -> int:
+        """Fail queued tasks no live member has been able to run for ``unrunnable_grace`` s."""
+        members = [m for m in self.members() if not m.get("invalid")]
+        now = time.monotonic()
+        unserved: dict[Placement, float] = {}
         failed = 0
-        for plugin, version in self.store.queued_plugins():
-            have = served.get(plugin)
-            if have and (version is None or version in have):
+        for placement in self.store.queued_placements():
+            problem = why_unplaceable(placement, members)
+            if problem is None:
                 continue
-            what = f"plugin {plugin!r}" + (f" version {version}" if version else "")
-            message = f"no live node has {what} installed"
-            count = self.store.fail_unrunnable(
-                plugin, version, message, self.unrunnable_grace, role=ROLE, epoch=epoch
+            since = unserved[placement] = self._unserved.get(placement, now)
+            if now - since < self.unrunnable_grace:
+                continue
+            error_type, reason = problem
+            message = f"{reason}; no node could run it for {self.unrunnable_grace:g} s"
+            count = self.store.fail_unplaceable(
+                placement, error_type, message, self.unrunnable_grace, role=ROLE, epoch=epoch
             )
             if count:
-                log.warning("tasks.unrunnable", plugin=plugin, version=version, count=count)
+                plugin, version, datacenter = placement
+                log.warning(
+                    "tasks.unplaceable",
+                    plugin=plugin,
+                    version=version,
+                    datacenter=datacenter,
+                    reason=reason,
+                    count=count,
+                )
             failed += count
+        self._unserved = unserved  # a placement served now, or no longer queued, starts over
         return failed
+
+
+def _serves(member: dict[str, Any], plugin: str, version: str | None) -> bool:
+    versions = list(dict(member.get("plugins") or {}).get(plugin) or [])
+    return bool(versions) and (version is None or version in versions)
+
+
+def why_unplaceable(placement: Placement, members: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(error type, reason) if no member can run tasks of ``placement``; None if one can."""
+    plugin, version, datacenter = placement
+    what = f"plugin {plugin!r}" + (f" version {version}" if version else "")
+    anywhere = sorted({str(m.get("datacenter")) for m in members if _serves(m, plugin, version)})
+    if datacenter is None:
+        return None if anywhere else ("PluginError", f"no live node has {what} installed")
+    if datacenter in anywhere:
+        return None
+    live = sorted({str(m.get("datacenter")) for m in members})
+    if datacenter not in live:
+        listed = ", ".join(live) or "none"
+        reason = f"pinned to datacenter {datacenter!r}, where no node is live"
+        return "PlacementError", f"{reason} (live datacenters: {listed})"
+    reason = f"no live node in datacenter {datacenter!r} has {what} installed"
+    if anywhere:
+        return "PlacementError", f"{reason} (nodes in {', '.join(anywhere)} have it)"
+    return "PluginError", reason

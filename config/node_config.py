@@ -45,7 +45,7 @@ class NodeConfig:
     cluster: str = "default"  # ZooKeeper namespace: several clusters may share an ensemble
     heartbeat_timeout: float = 15.0  # the leader reclaims attempts silent for this long
     max_reclaims: int = 5  # a task whose owner died this often fails (a node-killing task)
-    unrunnable_grace: float = 300.0  # fail queued tasks no live node can run after this long
+    unrunnable_grace: float = 300.0  # fail queued tasks no live node could run for this long
     kill_grace: float = 5.0  # SIGTERM, then SIGKILL after this long (abort, timeout)
     retry_backoff: float = 1.0  # seconds before the first retry, for tasks that set none
     retry_backoff_max: float = 300.0  # cap of the exponential retry backoff

@@ -102,7 +102,7 @@ OLDEST_HEARTBEAT_AGE = Gauge(
 
 SUBMIT_TO_START = Histogram(
     "taskman_submit_to_start_seconds",
-    "From due (submit or not_before) to claim, by the DB clock.",
+    "From due (submit, not_before, retry or reclaim) to claim, by the DB clock.",
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )

@@ -97,8 +97,8 @@ HIGHEST_FENCE_OR_EPOCH = (
 # a plugin (and pinned version) this node has. The plugin filter is built from
 # CANDIDATE_PLUGIN_TERM, one term per installed plugin.
 CANDIDATES = (
-    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit "
-    "FROM tasks FORCE INDEX (tasks_claim) "
+    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit, "
+    "priority FROM tasks FORCE INDEX (tasks_claim) "
     "WHERE state = 'queued' AND run_after <= NOW(6) "
     "AND (not_after IS NULL OR not_after > NOW(6)) "
     "AND (datacenter IS NULL OR datacenter = %s) "
@@ -127,10 +127,14 @@ INSERT_ATTEMPT = (
     "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) "
     "VALUES (%s, %s, %s, %s, %s, %s)"
 )
+# The wait runs from when the task was due or, for a reclaimed one (whose run_after
+# is its old place in line), from when its last attempt ended.
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
     "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
-    "TIMESTAMPDIFF(MICROSECOND, run_after, NOW(6)) AS wait_us "
+    "TIMESTAMPDIFF(MICROSECOND, GREATEST(run_after, COALESCE("
+    "(SELECT MAX(ended_at) FROM attempts WHERE attempts.task_id = tasks.id), run_after)), "
+    "NOW(6)) AS wait_us "
     "FROM tasks WHERE id IN ({ids})"
 )
 
@@ -148,11 +152,13 @@ FINISH_SUCCEEDED = (
     "error_type = NULL, error_message = NULL "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )
-# A failure either goes back to the queue after a backoff, or ends the task.
+# A failure either goes back to the queue after a backoff, or ends the task. An
+# attempt the node gave up for its own trouble (not the task's failure: the CASE
+# flag is 0) keeps run_after, and so its place in line, as a reclaim does.
 FINISH_RETRY = (
     "UPDATE tasks SET state = 'queued', failures = failures + %s, reclaims = reclaims + %s, "
-    "owner = NULL, "
-    "owner_datacenter = NULL, run_after = NOW(6) + INTERVAL %s MICROSECOND, "
+    "owner = NULL, owner_datacenter = NULL, "
+    "run_after = CASE WHEN %s THEN NOW(6) + INTERVAL %s MICROSECOND ELSE run_after END, "
     "error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )
@@ -185,10 +191,11 @@ RUNNING_TASKS = (
     "WHERE state = 'running' ORDER BY id"
 )
 # Re-queue an attempt whose owner is gone: fenced on the old token, guarded by the
-# leader's epoch. The next claim gets a larger token.
+# leader's epoch. The next claim gets a larger token. run_after stays as it was:
+# the task keeps its place in line, ahead of everything submitted after it.
 RECLAIM = (
     "UPDATE tasks SET state = 'queued', reclaims = reclaims + 1, owner = NULL, "
-    "owner_datacenter = NULL, run_after = NOW(6), error_type = %s, error_message = %s "
+    "owner_datacenter = NULL, error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND attempt = %s AND state = 'running'" + LEADER_GUARD
 )
 RECLAIM_GIVE_UP = (
@@ -218,15 +225,17 @@ PRUNE_BATCH = (
 PRUNE_COUNT = (
     "SELECT COUNT(*) AS n FROM tasks WHERE state = %s AND finished_at < NOW(6) - INTERVAL %s SECOND"
 )
-QUEUED_PLUGINS = (
-    "SELECT plugin, plugin_version, MIN(created_at) FROM tasks WHERE state = 'queued' "
-    "GROUP BY plugin, plugin_version"
+# What queued work needs, by placement: the leader checks each against the live members.
+QUEUED_PLACEMENTS = (
+    "SELECT DISTINCT plugin, plugin_version, datacenter FROM tasks WHERE state = 'queued'"
 )
-FAIL_UNRUNNABLE = (
-    "UPDATE tasks SET state = 'failed', finished_at = NOW(6), error_type = 'PluginError', "
+# Fail the queued tasks of one placement no live node has served for the grace (the
+# leader times that); a task due for less than the grace waits its own grace first.
+FAIL_UNPLACEABLE = (
+    "UPDATE tasks SET state = 'failed', finished_at = NOW(6), error_type = %s, "
     "error_message = %s "
-    "WHERE state = 'queued' AND plugin = %s AND plugin_version <=> %s "
-    "AND created_at <= NOW(6) - INTERVAL %s SECOND" + LEADER_GUARD
+    "WHERE state = 'queued' AND plugin = %s AND plugin_version <=> %s AND datacenter <=> %s "
+    "AND run_after <= NOW(6) - INTERVAL %s MICROSECOND" + LEADER_GUARD
 )
 
 # -- schedules (recurring tasks; see taskman/schedules.py and docs/schedules.md) --------

@@ -41,7 +41,7 @@ from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads
     LIST_SCHEDULES,
     LIST_TASKS,
     PAUSE_SCHEDULE,
-    QUEUED_PLUGINS,
+    QUEUED_PLACEMENTS,
     REPLACE_SCHEDULE,
     RESUME_SCHEDULE,
     RUNNING_STATUS,
@@ -121,8 +121,8 @@ HIGHEST_FENCE_OR_EPOCH = (
 # -- node: claims -----------------------------------------------------------
 # No FORCE INDEX: SQLite's planner picks tasks_claim for this shape by itself.
 CANDIDATES = (
-    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit "
-    "FROM tasks "
+    "SELECT id, attempt, plugin, plugin_version, `function`, concurrency_key, concurrency_limit, "
+    "priority FROM tasks "
     "WHERE state = 'queued' AND run_after <= tm_now() "
     "AND (not_after IS NULL OR not_after > tm_now()) "
     "AND (datacenter IS NULL OR datacenter = %s) "
@@ -146,7 +146,9 @@ INSERT_ATTEMPT = (
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
     "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
-    "tm_diff_us(run_after, tm_now()) AS wait_us "
+    "tm_diff_us(MAX(run_after, COALESCE("
+    "(SELECT MAX(ended_at) FROM attempts WHERE attempts.task_id = tasks.id), run_after)), "
+    "tm_now()) AS wait_us "
     "FROM tasks WHERE id IN ({ids})"
 )
 
@@ -165,8 +167,8 @@ FINISH_SUCCEEDED = (
 )
 FINISH_RETRY = (
     "UPDATE tasks SET state = 'queued', failures = failures + %s, reclaims = reclaims + %s, "
-    "owner = NULL, "
-    "owner_datacenter = NULL, run_after = tm_add_us(tm_now(), %s), "
+    "owner = NULL, owner_datacenter = NULL, "
+    "run_after = CASE WHEN %s THEN tm_add_us(tm_now(), %s) ELSE run_after END, "
     "error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )
@@ -193,7 +195,7 @@ TAKE_LEADERSHIP = (
 )
 RECLAIM = (
     "UPDATE tasks SET state = 'queued', reclaims = reclaims + 1, owner = NULL, "
-    "owner_datacenter = NULL, run_after = tm_now(), error_type = %s, error_message = %s "
+    "owner_datacenter = NULL, error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND attempt = %s AND state = 'running'" + LEADER_GUARD
 )
 RECLAIM_GIVE_UP = (
@@ -224,11 +226,11 @@ PRUNE_COUNT = (
     "SELECT COUNT(*) AS n FROM tasks "
     "WHERE state = %s AND finished_at < tm_add_us(tm_now(), -1000000.0 * %s)"
 )
-FAIL_UNRUNNABLE = (
-    "UPDATE tasks SET state = 'failed', finished_at = tm_now(), error_type = 'PluginError', "
+FAIL_UNPLACEABLE = (
+    "UPDATE tasks SET state = 'failed', finished_at = tm_now(), error_type = %s, "
     "error_message = %s "
-    "WHERE state = 'queued' AND plugin = %s AND plugin_version IS %s "
-    "AND created_at <= tm_add_us(tm_now(), -1000000.0 * %s)" + LEADER_GUARD
+    "WHERE state = 'queued' AND plugin = %s AND plugin_version IS %s AND datacenter IS %s "
+    "AND run_after <= tm_add_us(tm_now(), 0 - %s)" + LEADER_GUARD
 )
 
 # -- schedules ------------------------------------------------------------------------------
@@ -302,6 +304,5 @@ DATETIME_COLUMNS = frozenset(
         "next_tick",
         "last_tick",
         "NOW(6)",
-        "MIN(created_at)",
     }
 )

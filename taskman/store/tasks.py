@@ -40,6 +40,7 @@ class Candidate:
     function: str
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class Claim:
     retry_backoff: float | None  # None: the node's default
     abort_requested: bool
     limits: dict[str, int] | None = None
-    waited: float = 0.0  # seconds from due (submit, not_before or retry) to this claim, DB clock
+    # Seconds from due (submit, not_before, retry, or back in the queue after a reclaim)
+    # to this claim, by the DB clock.
+    waited: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,7 @@ class TaskStore:
                 r["function"],
                 r["concurrency_key"],
                 r["concurrency_limit"],
+                int(r["priority"]),
             )
             for r in rows
         ]
@@ -508,7 +512,8 @@ class TaskStore:
                 (
                     int(r.counts_as_failure),
                     int(not r.counts_as_failure),
-                    micros,
+                    int(r.counts_as_failure),  # only a failure waits a backoff ...
+                    micros,  # ... else run_after stays: the task keeps its place in line
                     r.error_type,
                     task_message,
                     r.task_id,
@@ -618,12 +623,26 @@ class TaskStore:
         """The largest fence or leader epoch stored: a restarted local coordinator starts above it."""
         return int(self.db.query(self.q.HIGHEST_FENCE_OR_EPOCH)[0]["token"] or 0)
 
-    def queued_plugins(self) -> list[tuple[str, str | None]]:
-        return [(r["plugin"], r["plugin_version"]) for r in self.db.query(self.q.QUEUED_PLUGINS)]
+    def queued_placements(self) -> list[tuple[str, str | None, str | None]]:
+        """Each (plugin, pinned version, pinned datacenter) some queued task needs."""
+        return [
+            (r["plugin"], r["plugin_version"], r["datacenter"])
+            for r in self.db.query(self.q.QUEUED_PLACEMENTS)
+        ]
 
-    def fail_unrunnable(
-        self, plugin: str, version: str | None, message: str, grace: float, *, role: str, epoch: int
+    def fail_unplaceable(
+        self,
+        placement: tuple[str, str | None, str | None],
+        error_type: str,
+        message: str,
+        grace: float,
+        *,
+        role: str,
+        epoch: int,
     ) -> int:
+        """Fail the queued tasks of ``placement`` that have been due for ``grace`` s or more."""
+        plugin, version, datacenter = placement
         return self.db.execute(
-            self.q.FAIL_UNRUNNABLE, (message, plugin, version, grace, role, epoch)
+            self.q.FAIL_UNPLACEABLE,
+            (error_type, message, plugin, version, datacenter, int(grace * 1e6), role, epoch),
         )

@@ -9,6 +9,6 @@ The node fixtures are the integration tier's.
 
 from __future__ import annotations
 
-from tests.integration.conftest import client, cluster_name, start_node
+from tests.integration.conftest import client, cluster_name, start_node, store_dsn
 
-__all__ = ["client", "cluster_name", "start_node"]
+__all__ = ["client", "cluster_name", "start_node", "store_dsn"]
