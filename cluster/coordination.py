@@ -28,7 +28,9 @@ from taskman.cluster.zk import (
     SessionMonitor,
     connect,
     ensure_namespace,
+    fresh_zxid,
     negotiated_timeout,
+    read_token_base,
     wait,
     zk_security,
 )
@@ -59,6 +61,7 @@ class ZkCoordination:
         self.monitor = SessionMonitor(self.client, self.paths.nodes, config.session_timeout)
         timeout = claim_path_timeout(config.session_timeout)
         self.lease: Any = ClaimLease(self.client, self.paths, config.node_id, timeout)
+        self.lease.token_base = read_token_base(self.client, self.paths)
         self.gate: Any = ConcurrencyGate(self.client, self.paths, config.node_id, timeout)
 
     def start(self) -> None:
@@ -69,7 +72,13 @@ class ZkCoordination:
         return negotiated_timeout(self.client)
 
     def election(self) -> Any:
-        return LeaderElection(self.client, self.paths, self.config.node_id)
+        return LeaderElection(
+            self.client, self.paths, self.config.node_id, token_base=self.lease.token_base
+        )
+
+    def fresh_token(self) -> int:
+        """A token the ensemble would issue now: every later claim's is larger."""
+        return fresh_zxid(self.client, self.paths) + int(self.lease.token_base)
 
     def register(self, info: dict[str, Any], *, wait_for: float) -> None:
         membership.register(self.client, self.paths, self.config.node_id, info, wait_for=wait_for)
@@ -267,6 +276,9 @@ class LocalCoordination:
 
     def granted_session_timeout(self) -> float | None:
         return None  # no server, no session to clamp
+
+    def fresh_token(self) -> int | None:
+        return None  # local tokens start above the database's already
 
     def election(self) -> Any:
         return _LocalElection(self._tokens, self.config.node_id)

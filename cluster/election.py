@@ -39,9 +39,15 @@ def _sequence(name: str) -> int | None:
 
 class LeaderElection:
     def __init__(
-        self, client: KazooClient, paths: ClusterPaths, node_id: str, timeout: float = ZK_TIMEOUT
+        self,
+        client: KazooClient,
+        paths: ClusterPaths,
+        node_id: str,
+        timeout: float = ZK_TIMEOUT,
+        token_base: int = 0,
     ) -> None:
         self.client = client
+        self.token_base = token_base  # added to the czxid: see ClusterPaths.token_base
         self.paths = paths
         self.node_id = node_id
         self.timeout = timeout  # for one ZooKeeper call
@@ -122,7 +128,7 @@ class LeaderElection:
             max(0.0, min(self.timeout, deadline - time.monotonic())),
         )
         self._contender = path.rsplit("/", 1)[1]
-        self._czxid = int(stat.czxid)
+        self._czxid = int(stat.czxid) + self.token_base
         self._contender_session = session
 
     def _predecessor(self) -> str | None:

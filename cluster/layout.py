@@ -26,6 +26,13 @@ class ClusterPaths:
         return f"{self.base}/claims"
 
     @property
+    def token_base(self) -> str:
+        # Added to every zxid the cluster uses as a token or epoch: raised once by
+        # `taskman cluster rebase-tokens` after the ensemble was rebuilt (its zxids
+        # restart low), so tokens keep growing across ensembles.
+        return f"{self.base}/token_base"
+
+    @property
     def sessions(self) -> str:
         # One ephemeral sequential marker per node session: its releases are
         # conditional on it, so they die with the session (lease.py).

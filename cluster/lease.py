@@ -41,6 +41,7 @@ class ClaimLease:
         self.paths = paths
         self.node_id = node_id
         self.marker = f"{paths.sessions}/none"  # until open_session(): no release applies
+        self.token_base = 0  # added to every czxid: see ClusterPaths.token_base
         self.timeout = timeout  # claim-path calls: one claim, or one pipelined batch as a whole
 
     def acquire(self, task_id: int, attempt: int, deadline: float | None = None) -> int | None:
@@ -55,7 +56,7 @@ class ClaimLease:
                     ),
                     _left(deadline),
                 )
-                return int(stat.czxid)
+                return int(stat.czxid) + self.token_base
             except NodeExistsError:
                 if not self._drop_own_leftover(path, deadline):
                     return None
@@ -83,7 +84,7 @@ class ClaimLease:
             try:
                 try:
                     _, stat = wait(result, _left(deadline))
-                    token: int | None = int(stat.czxid)
+                    token: int | None = int(stat.czxid) + self.token_base
                 except NodeExistsError:
                     # Rare (a lost race, or our own create that timed out): the careful path.
                     token = None if failure else self.acquire(task_id, attempt, deadline)
@@ -170,7 +171,7 @@ class ClaimLease:
 
     def token_of(self, task_id: int, attempt: int) -> int | None:
         stat = wait(self.client.exists_async(self.paths.claim(task_id, attempt)))
-        return None if stat is None else int(stat.czxid)
+        return None if stat is None else int(stat.czxid) + self.token_base
 
 
 def _left(deadline: float) -> float:

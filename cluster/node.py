@@ -185,6 +185,7 @@ class Node:
         self.gate = self.coord.gate
         self.coord.start()
         self._check_granted_session()
+        self._check_tokens()
         self.coord.register(self._member_info(), wait_for=self.config.session_timeout * 2)
         self._leadership = Leadership(
             self.config, self.coord, self.log, self._leader_done, self._set_leader
@@ -209,6 +210,27 @@ class Node:
             session_timeout=self.config.session_timeout,
         )
         self.started.set()
+
+    def _check_tokens(self) -> None:
+        """Refuse an ensemble whose tokens are below those the database already holds.
+
+        An ensemble rebuilt from scratch restarts its zxids low: every claim and
+        every leader of it would be refused by the fenced writes, forever.
+        """
+        fresh = self.coord.fresh_token()
+        if fresh is None:
+            return
+        highest = self.store.max_token()
+        if fresh > highest:
+            return
+        self.coord.close()
+        raise CoordinationError(
+            f"ZooKeeper's fencing tokens ({fresh:#x}) are below the highest token the "
+            f"database holds ({highest:#x}): the ensemble was rebuilt or lost its data, "
+            "and every claim and leader of it would be refused. With every node stopped, "
+            "run `taskman cluster rebase-tokens --config <node.toml>` once, then start "
+            "the nodes (docs/multi-dc.md, 'Losing the ZooKeeper ensemble')"
+        )
 
     def _check_granted_session(self) -> None:
         """Refuse a session shorter than the configured one: every fencing budget assumes it."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NoAuthError, NodeExistsError
+from kazoo.exceptions import KazooException, NoAuthError, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.protocol.serialization import Connect
@@ -173,6 +173,30 @@ def ensure_namespace(client: KazooClient, paths: ClusterPaths, *, insecure: bool
             f"ZooKeeper refuses this node access to {paths.base}: it belongs to another "
             "identity. Check zookeeper_auth"
         ) from None
+
+
+def read_token_base(client: KazooClient, paths: ClusterPaths) -> int:
+    """What this cluster adds to every zxid it uses as a token (0 until a rebase)."""
+    try:
+        data, _ = wait(client.get_async(paths.token_base))
+    except NoNodeError:
+        return 0
+    try:
+        return int(data.decode() or 0)
+    except ValueError:
+        raise CoordinationError(f"{paths.token_base} holds {data!r}, not a number") from None
+
+
+def fresh_zxid(client: KazooClient, paths: ClusterPaths) -> int:
+    """A zxid the ensemble issues now (larger than every earlier one of this ensemble)."""
+    path, stat = wait(
+        client.create_async(
+            f"{paths.sessions}/probe-", b"", ephemeral=True, sequence=True, include_data=True
+        )
+    )
+    with contextlib.suppress(NoNodeError):
+        wait(client.delete_async(path))
+    return int(stat.czxid)
 
 
 def wait(async_result: Any, timeout: float = ZK_TIMEOUT) -> Any:

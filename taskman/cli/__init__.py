@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskman.cli import dev, lab, schedule, server, tasks, ui
+from taskman.cli import cluster, dev, lab, schedule, server, tasks, ui
 from taskman.cli.common import fail
 from taskman.cli.exitcodes import Exit
 from taskman.errors import TaskmanError
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     tasks.register(sub)
     server.register(sub)
+    cluster.register(sub)
     lab.register(sub)
     dev.register(sub)
     schedule.register(sub)
