@@ -96,8 +96,9 @@ class ForkedProcess:
                 self._lock.release()
         return self.returncode
 
-    def wait(self) -> int:
-        self._news.wait()
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._news.wait(timeout):
+            raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0.0)
         with self._lock:
             while self.returncode is None:  # orphaned: ours to reap now
                 self.returncode = _reap_orphaned_runner(self.pid, block=True)

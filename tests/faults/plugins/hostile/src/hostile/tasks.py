@@ -136,9 +136,17 @@ def return_bad_strings() -> dict[str, Any]:
     return {"value": BAD, BAD: [BAD, 1]}
 
 
+class BadError(Exception):
+    pass
+
+
+# Class names refuse surrogates and NUL; a module name takes anything, and the
+# runner reports an error's type as "<module>.<qualname>".
+BadError.__module__ = "bad\udcff\x00module"
+
+
 def raise_bad_strings() -> None:
-    error = type("Bad\udcffError\x00", (Exception,), {})
-    raise error(BAD)
+    raise BadError(BAD)
 
 
 def progress_bad_strings() -> str:
