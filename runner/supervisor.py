@@ -110,6 +110,7 @@ class Runner:
     _exited: threading.Event = field(default_factory=threading.Event)
     _seen: set[int] = field(default_factory=set)  # pids ever seen below the runner
     _seen_sessions: set[int] = field(default_factory=set)  # and their sessions
+    _reported: bool = False  # a final message came: the runner cleaned up before sending it
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -152,6 +153,8 @@ class Runner:
         threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
         threading.Thread(target=self._watch_exit, name=f"{name}-exit", daemon=True).start()
         self._read_messages()
+        # A cold child's parent-death signal fires when this thread ends: not before it exits.
+        self._exited.wait()
 
     def _spawn(self) -> None:
         proctree.ensure_subreaper()  # a runner's orphans come to us, not to init
@@ -254,6 +257,8 @@ class Runner:
                     return
                 self.last_heard = time.monotonic()
                 if message is not None:  # a broken or foreign line: ignored
+                    if message["t"] in ("result", "error"):
+                        self._reported = True
                     self.events.put(RunnerEvent(self, message))
         except OSError:
             pass
@@ -282,7 +287,9 @@ class Runner:
             _live_runners.discard(self.pid)
         self.exit_code = code
         self._exited.set()
-        self._kill_orphans()
+        self._messages_done.wait(0.05)  # the final message, if it is on its way
+        if not (code == 0 and self._reported and not self._seen):
+            self._kill_orphans()  # it may have left something: look (cheap, but not free)
         if not self._messages_done.wait(EOF_GRACE) and sock is not None:
             # Something still holds the runner's end: the exit is what counts.
             with contextlib.suppress(OSError):
@@ -376,7 +383,8 @@ class Runner:
             return
         if signum == signal.SIGKILL:
             # Everything below the runner, whatever session it moved to, then the runner.
-            proctree.kill_tree(self.pid, include_root=False)
+            # Short: the node's loop waits; the exit watcher kills any straggler.
+            proctree.kill_tree(self.pid, include_root=False, deadline=0.2)
         try:
             os.killpg(self.pid, signum)
         except ProcessLookupError:

@@ -302,3 +302,43 @@ def test_an_oversized_message_ends_only_its_attempt(
     assert task.state is TaskState.FAILED and task.error_type == "ProtocolError"
     assert "MiB" in (task.error_message or "")
     assert_serving(node, client)
+
+
+# -- embedded mode (SQLite, one process) ----------------------------------------------------
+
+
+def test_embedded_mode_survives_hostile_tasks(tmp_path: Path, pid_file: Path) -> None:
+    from taskman.lab import free_port
+    from tests.integration.test_embedded import Dev
+
+    dev = Dev(tmp_path / "dev.sqlite3", free_port(), plugins=(str(HOSTILE.parent),))
+    try:
+        with Client(f"sqlite:///{dev.db}") as client:
+            progress = client.submit("hostile.tasks:progress_bad_strings", plugin="hostile")
+            raised = client.submit(
+                "hostile.tasks:raise_bad_strings", plugin="hostile", max_attempts=1
+            )
+            returned = client.submit("hostile.tasks:return_bad_strings", plugin="hostile")
+            forked = client.submit(
+                "hostile.tasks:fork_and_raise",
+                plugin="hostile",
+                args=[str(pid_file)],
+                max_attempts=1,
+            )
+            spawned = client.submit(
+                "hostile.tasks:spawn_and_return", plugin="hostile", args=[str(pid_file)]
+            )
+            assert wait_terminal(client, progress).state is TaskState.SUCCEEDED
+            failed = wait_terminal(client, raised)
+            assert failed.state is TaskState.FAILED
+            assert_clean_text(failed.error_type, failed.error_message)
+            result = wait_terminal(client, returned).result
+            json.dumps(result, ensure_ascii=False).encode("utf-8")
+            assert wait_terminal(client, forked).error_type == "RuntimeError"
+            assert wait_terminal(client, spawned).state is TaskState.SUCCEEDED
+            assert_no_survivors(pid_file, 2)
+            after = client.submit("hostile.tasks:ok", plugin="hostile", args=["after"])
+            assert wait_state(client, after, TaskState.SUCCEEDED, timeout=15).result == "after"
+        assert dev.process.poll() is None
+    finally:
+        dev.stop()
