@@ -119,6 +119,20 @@ def test_a_task_that_forks_and_raises_fails_once_and_leaves_nothing(
     assert_serving(node, client)
 
 
+def test_a_forked_copy_of_the_task_never_reports(
+    start_node: StartNode, client: Client, tmp_path: Path, pid_file: Path
+) -> None:
+    node = start_node("a", plugin_dirs=plugin_dirs(tmp_path, fork=True))
+    task_id = client.submit(
+        "hostile.tasks:fork_and_return_twice", plugin="hostile", args=[str(pid_file)]
+    )
+    task = wait_terminal(client, task_id, timeout=15)
+    (runner,) = recorded(pid_file)
+    assert task.state is TaskState.SUCCEEDED and task.result == runner
+    assert len(task.attempts) == 1
+    assert_serving(node, client)
+
+
 @pytest.mark.parametrize(
     ("function", "result"),
     [("daemonise", "daemonised"), ("spawn_and_return", "spawned"), ("setsid_escape", "escaped")],

@@ -43,6 +43,14 @@ def fork_and_raise(pid_file: str) -> None:
     raise RuntimeError("forked a child, then failed")
 
 
+def fork_and_return_twice(pid_file: str) -> int:
+    """os.fork() without exec or exit: both processes return into the runner's code."""
+    record(pid_file, os.getpid())
+    if os.fork() != 0:
+        time.sleep(0.3)  # the copy returns first
+    return os.getpid()
+
+
 def mp_fork_and_raise(pid_file: str) -> None:
     """The same through multiprocessing's fork start method."""
     process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(300,))
