@@ -54,10 +54,11 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def session_of(pid: int) -> int | None:
+def identity(pid: int) -> tuple[int, int] | None:
+    """(session id, start time): the start time tells a reused pid from the one we saw."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[3])
+        return int(fields[3]), int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
 

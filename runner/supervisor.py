@@ -108,7 +108,7 @@ class Runner:
     output_exceeded: bool = False
     _messages_done: threading.Event = field(default_factory=threading.Event)
     _exited: threading.Event = field(default_factory=threading.Event)
-    _seen: set[int] = field(default_factory=set)  # pids ever seen below the runner
+    _seen: dict[int, int] = field(default_factory=dict)  # pid seen below the runner: start time
     _seen_sessions: set[int] = field(default_factory=set)  # and their sessions
     _reported: bool = False  # a final message came: the runner cleaned up before sending it
 
@@ -303,28 +303,30 @@ class Runner:
         # (os._exit, a crash, SIGKILL) are still known as this attempt's.
         for pid in proctree.descendants(self.pid):
             if pid not in self._seen:
-                self._seen.add(pid)
-                session = proctree.session_of(pid)
-                if session is not None:
-                    self._seen_sessions.add(session)
+                ident = proctree.identity(pid)
+                if ident is not None:
+                    self._seen[pid] = ident[1]
+                    self._seen_sessions.add(ident[0])
 
     def _kill_orphans(self) -> None:
         """Kill the attempt's processes that the runner's exit handed to this process.
 
-        Ours if seen below the runner, or in its session or a session seen below it.
+        Ours if seen below the runner (same pid and start time), or in the runner's
+        session or a session seen below it; never a runner or a zygote of this node.
         """
         me = os.getpid()
         sessions = self._seen_sessions | {self.pid}
         with _live_lock:
-            live = set(_live_runners)
+            spared = set(_live_runners)
+        pool = self.zygotes or existing_pool()
+        if pool is not None:
+            spared.update(pool.pids())
         killed: list[int] = []
         for _ in range(20):
             orphans = [
                 pid
                 for pid in proctree.children(me)
-                if pid not in live
-                and pid not in killed
-                and (pid in self._seen or proctree.session_of(pid) in sessions)
+                if pid not in spared and pid not in killed and self._ours(pid, sessions)
             ]
             if not orphans:
                 break
@@ -332,6 +334,13 @@ class Runner:
                 proctree.kill_tree(pid)
             killed.extend(orphans)
         proctree.reap(killed)
+
+    def _ours(self, pid: int, sessions: set[int]) -> bool:
+        ident = proctree.identity(pid)
+        if ident is None:
+            return False
+        session, started = ident
+        return self._seen.get(pid) == started or session in sessions
 
     def _read_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None

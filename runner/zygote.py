@@ -372,6 +372,11 @@ class ZygotePool:
             self.zygotes[key] = zygote
             return zygote
 
+    def pids(self) -> list[int]:
+        """The zygotes' pids: children of the node that are never an attempt's orphans."""
+        # No lock: it is held while a zygote starts (seconds). dict.copy() is atomic.
+        return [zygote.pid for zygote in self.zygotes.copy().values()]
+
     def track(self, pid: int) -> None:
         """A runner's pid is its session id: orphans left in that session are ours to reap."""
         self.sessions.append(pid)
