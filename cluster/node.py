@@ -685,7 +685,36 @@ class Node:
         active = self.active.get(event.runner.spec.task_id)
         if active is None or active.runner is not event.runner:
             return
-        message = event.message
+        try:
+            self._handle_message(active, event.message)
+        except Exception as exc:  # noqa: BLE001 - task-controlled input must never stop the loop
+            self._bad_message(active, event.message, exc)
+
+    def _bad_message(self, active: ActiveAttempt, message: dict[str, Any], exc: Exception) -> None:
+        """A message the node could not handle ends its attempt, with the reason recorded."""
+        self._count("runner_message_failed")
+        kind = str(message.get("t"))[:20]
+        self.log.exception("runner.message_failed", task_id=active.claim.task_id, kind=kind)
+        reason = f"the node could not handle the runner's {kind!r} message: {type(exc).__name__}"
+        active.runner.kill()
+        if kind != "exit":
+            if not active.reported:
+                active.reported = True
+                active.final = {"t": "error", "type": "ProtocolError", "message": reason}
+            return
+        # The exit itself failed to turn into an ending: record a crash, once.
+        if self.active.get(active.claim.task_id) is active:
+            del self.active[active.claim.task_id]
+        if active.fenced:
+            self._release(active.claim.task_id, active.claim.attempt)
+            return
+        cap = self.config.retry_backoff_max
+        ending = failure_ending(
+            active.claim, Outcome.CRASHED, "ProtocolError", reason, backoff_cap=cap
+        )
+        self._queue_record(active.claim, ending, None, active.claimed_at)
+
+    def _handle_message(self, active: ActiveAttempt, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind == "ready":
             metrics.SPAWN_SECONDS.observe(time.monotonic() - active.runner.started_at)

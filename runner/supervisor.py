@@ -2,6 +2,11 @@
 
 Events from every runner go into one queue the node's loop reads, as
 ``RunnerEvent(runner, message)``; a message of ``{"t": "exit"}`` is the last.
+
+The runner's exit, as waitpid (or its zygote) reports it, ends the attempt, not
+EOF on its socket: a process the task forked may hold the socket for ever. When
+the runner has exited, whatever it left behind is killed before the exit event
+is sent, so no process of the attempt outlives its recorded outcome.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from taskman.errors import RunnerError
-from taskman.runner import protocol
+from taskman.runner import proctree, protocol
 from taskman.runner.zygote import (
     ForkedProcess,
     ZygotePool,
@@ -28,10 +34,17 @@ from taskman.runner.zygote import (
     existing_pool,
     shared_pool,
 )
+from taskman.text import UnsafeValueError, clean_text
 
 CHILD_PATH = str(Path(__file__).with_name("child.py"))
 OUTPUT_TAIL = 64 * 1024
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
+SNAPSHOT_INTERVAL = 0.2  # how often the node notes an attempt's processes while it runs
+EOF_GRACE = 1.0  # after the runner's exit: how long its last messages and output may take
+
+# Pids of runners that have not exited yet: never mistaken for another attempt's orphans.
+_live_runners: set[int] = set()
+_live_lock = threading.Lock()
 
 
 def _runtime_path() -> str:
@@ -95,6 +108,11 @@ class Runner:
     exit_code: int | None = None
     output_bytes: int = 0
     output_exceeded: bool = False
+    _messages_done: threading.Event = field(default_factory=threading.Event)
+    _exited: threading.Event = field(default_factory=threading.Event)
+    _seen: dict[int, int] = field(default_factory=dict)  # pid seen below the runner: start time
+    _seen_sessions: set[int] = field(default_factory=set)  # and their sessions
+    _reported: bool = False  # a final message came: the runner cleaned up before sending it
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -106,6 +124,7 @@ class Runner:
         name = f"runner-{self.spec.task_id}"
         threading.Thread(target=self._read_messages, name=name, daemon=True).start()
         threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
+        threading.Thread(target=self._watch_exit, name=f"{name}-exit", daemon=True).start()
 
     def launch(self) -> None:
         """Start the child from a thread of its own, so the caller never waits for it.
@@ -132,11 +151,15 @@ class Runner:
             pending = self._pending_signal
         if pending is not None:
             self.signal(pending)
-        name = f"runner-{self.spec.task_id}-out"
-        threading.Thread(target=self._read_output, name=name, daemon=True).start()
+        name = f"runner-{self.spec.task_id}"
+        threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
+        threading.Thread(target=self._watch_exit, name=f"{name}-exit", daemon=True).start()
         self._read_messages()
+        # A cold child's parent-death signal fires when this thread ends: not before it exits.
+        self._exited.wait()
 
     def _spawn(self) -> None:
+        proctree.ensure_subreaper()  # a runner's orphans come to us, not to init
         parent_sock, child_sock = socket.socketpair()
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         env.update(self.spec.env)
@@ -176,6 +199,8 @@ class Runner:
         finally:
             child_sock.close()
         self.pid = self.process.pid
+        with _live_lock:
+            _live_runners.add(self.pid)
         tracker = pool or self.zygotes or existing_pool()
         if tracker is not None:
             tracker.track(self.pid)  # orphans left in its session get reaped
@@ -231,26 +256,123 @@ class Runner:
         assert self._sock is not None
         reader = self._sock.makefile("rb")
         try:
-            for line in reader:
+            while line := reader.readline(protocol.MAX_LINE + 1):
+                if len(line) > protocol.MAX_LINE:
+                    limit = protocol.MAX_LINE // (1024 * 1024)
+                    self._violation(f"the runner sent a message over {limit} MiB")
+                    return
                 try:
-                    message = protocol.decode(line)
-                except ValueError:
-                    continue  # a broken line from a dying child; its exit tells the story
+                    message = protocol.from_runner(line)
+                except UnsafeValueError as exc:
+                    self._violation(str(exc))
+                    return
                 self.last_heard = time.monotonic()
-                self.events.put(RunnerEvent(self, message))
+                if message is not None:  # a broken or foreign line: ignored
+                    if message["t"] in ("result", "error"):
+                        self._reported = True
+                    self.events.put(RunnerEvent(self, message))
         except OSError:
             pass
+        finally:
+            with contextlib.suppress(OSError):
+                reader.close()
+            self._messages_done.set()
+
+    def _violation(self, reason: str) -> None:
+        """The runner broke the protocol: its attempt ends with this reason (never the node)."""
+        error = {"t": "error", "type": "ProtocolError", "message": reason, "permanent": False}
+        self.events.put(RunnerEvent(self, error))
+        self.kill()
+
+    def _watch_exit(self) -> None:
+        """Wait for the runner's exit, clean up what it left, then send the exit event."""
         assert self.process is not None
-        self.exit_code = self.process.wait()
-        self._output_done.wait(timeout=2.0)
-        self.events.put(RunnerEvent(self, {"t": "exit", "code": self.exit_code}))
+        sock = self._sock
+        while True:
+            try:
+                code = self.process.wait(timeout=SNAPSHOT_INTERVAL)
+                break
+            except subprocess.TimeoutExpired:
+                self._snapshot()
+        with _live_lock:
+            _live_runners.discard(self.pid)
+        self.exit_code = code
+        self._exited.set()
+        self._messages_done.wait(0.05)  # the final message, if it is on its way
+        if not (code == 0 and self._reported and not self._seen):
+            self._kill_orphans()  # it may have left something: look (cheap, but not free)
+        if not self._messages_done.wait(EOF_GRACE) and sock is not None:
+            # Something still holds the runner's end: the exit is what counts.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            self._messages_done.wait(EOF_GRACE)
+        self._output_done.wait(EOF_GRACE * 2)
+        self.events.put(RunnerEvent(self, {"t": "exit", "code": code}))
+
+    def _snapshot(self) -> None:
+        # Remembered so that orphans of a runner that dies without cleaning up
+        # (os._exit, a crash, SIGKILL) are still known as this attempt's.
+        for pid in proctree.descendants(self.pid):
+            if pid not in self._seen:
+                ident = proctree.identity(pid)
+                if ident is not None:
+                    self._seen[pid] = ident[1]
+                    self._seen_sessions.add(ident[0])
+
+    def _kill_orphans(self) -> None:
+        """Kill the attempt's processes that the runner's exit handed to this process.
+
+        Ours if seen below the runner (same pid and start time), or in the runner's
+        session or a session seen below it; never a runner or a zygote of this node.
+        """
+        me = os.getpid()
+        sessions = self._seen_sessions | {self.pid}
+        with _live_lock:
+            spared = set(_live_runners)
+        pool = self.zygotes or existing_pool()
+        if pool is not None:
+            spared.update(pool.pids())
+        killed: list[int] = []
+        for _ in range(20):
+            orphans = [
+                pid
+                for pid in proctree.children(me)
+                if pid not in spared and pid not in killed and self._ours(pid, sessions)
+            ]
+            if not orphans:
+                break
+            for pid in orphans:
+                proctree.kill_tree(pid)
+            killed.extend(orphans)
+        proctree.reap(killed)
+
+    def _ours(self, pid: int, sessions: set[int]) -> bool:
+        ident = proctree.identity(pid)
+        if ident is None:
+            return False
+        session, started = ident
+        return self._seen.get(pid) == started or session in sessions
 
     def _read_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         stream = self.process.stdout
         allowed = self.spec.limits.get("output_bytes")
+        poller = select.poll()  # not select(): a busy node has descriptors over 1024
+        poller.register(stream.fileno(), select.POLLIN)
+        exited_at: float | None = None
         try:
-            while chunk := os.read(stream.fileno(), 65536):
+            while True:
+                if not poller.poll(250):
+                    # A process the task left may hold the write end: stop a while
+                    # after the runner exited, as its socket is stopped.
+                    if self._exited.is_set():
+                        exited_at = exited_at or time.monotonic()
+                        if time.monotonic() - exited_at > EOF_GRACE:
+                            break
+                    continue
+                chunk = os.read(stream.fileno(), 65536)
+                if not chunk:
+                    break
                 self.output_bytes += len(chunk)
                 if allowed is not None and self.output_bytes > allowed and not self.output_exceeded:
                     self.output_exceeded = True
@@ -259,13 +381,15 @@ class Runner:
                 self._tail_size += len(chunk)
                 while self._tail_size - len(self._tail[0]) >= OUTPUT_TAIL:
                     self._tail_size -= len(self._tail.popleft())
+        except OSError:
+            pass
         finally:
             with contextlib.suppress(OSError):
                 stream.close()  # the read end is ours alone: never leave it to the GC
             self._output_done.set()
 
     def output_tail(self) -> str:
-        return b"".join(self._tail)[-OUTPUT_TAIL:].decode("utf-8", "replace")
+        return clean_text(b"".join(self._tail)[-OUTPUT_TAIL:].decode("utf-8", "replace"))
 
     # -- stop ----------------------------------------------------------------
     def signal(self, signum: int) -> None:
@@ -277,6 +401,10 @@ class Runner:
                 return
         if self.process is None or self.process.poll() is not None:
             return
+        if signum == signal.SIGKILL:
+            # Everything below the runner, whatever session it moved to, then the runner.
+            # Short: the node's loop waits; the exit watcher kills any straggler.
+            proctree.kill_tree(self.pid, include_root=False, deadline=0.2)
         try:
             os.killpg(self.pid, signum)
         except ProcessLookupError:

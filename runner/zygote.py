@@ -96,8 +96,9 @@ class ForkedProcess:
                 self._lock.release()
         return self.returncode
 
-    def wait(self) -> int:
-        self._news.wait()
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._news.wait(timeout):
+            raise subprocess.TimeoutExpired(f"runner {self.pid}", timeout or 0.0)
         with self._lock:
             while self.returncode is None:  # orphaned: ours to reap now
                 self.returncode = _reap_orphaned_runner(self.pid, block=True)
@@ -370,6 +371,11 @@ class ZygotePool:
             self.log("zygote.started", pid=zygote.pid, python=spec.python, cwd=spec.cwd)
             self.zygotes[key] = zygote
             return zygote
+
+    def pids(self) -> list[int]:
+        """The zygotes' pids: children of the node that are never an attempt's orphans."""
+        # No lock: it is held while a zygote starts (seconds). dict.copy() is atomic.
+        return [zygote.pid for zygote in self.zygotes.copy().values()]
 
     def track(self, pid: int) -> None:
         """A runner's pid is its session id: orphans left in that session are ours to reap."""

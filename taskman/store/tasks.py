@@ -6,6 +6,7 @@ it was applied; ``False`` means a newer token owns the task (the caller is fence
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from taskman.errors import (
 from taskman.models import Attempt, Task
 from taskman.states import Outcome, TaskState
 from taskman.store.backend import Cursor, StoreDatabase, make_database
+from taskman.text import clean_optional, clean_text
 from taskman.validation import NewTask
 
 DUPLICATE_KEY = 1062
@@ -93,6 +95,18 @@ class Finish:
     retry_delay: float | None = None
     counts_as_failure: bool = True
     task_error_message: str | None = None  # the task row's message, when not error_message
+
+
+def _storable(r: Finish) -> Finish:
+    """The record with its text cut to its columns and free of what no column takes."""
+    return dataclasses.replace(
+        r,
+        error_type=clean_optional(r.error_type, 255),
+        error_message=clean_optional(r.error_message, 60_000 // 4),
+        traceback=clean_optional(r.traceback),
+        output_tail=clean_optional(r.output_tail),
+        task_error_message=clean_optional(r.task_error_message, 60_000 // 4),
+    )
 
 
 def _claim_from(row: dict[str, Any] | None, fence: int) -> Claim | None:
@@ -443,7 +457,8 @@ class TaskStore:
             for task_id, fence in owned:
                 if task_id in progress:
                     fraction, message = progress[task_id]
-                    cur.execute(self.q.PROGRESS, (fraction, message[:1000], task_id, fence))
+                    message = clean_text(message, 1000)
+                    cur.execute(self.q.PROGRESS, (fraction, message, task_id, fence))
                 else:
                     cur.execute(self.q.HEARTBEAT, (task_id, fence))
             ids = [task_id for task_id, _ in owned]
@@ -478,6 +493,8 @@ class TaskStore:
         """
         if not records:
             return []
+        # Text from task code: one unstorable string must not fail the whole batch.
+        records = [_storable(record) for record in records]
 
         def fn(cur: Cursor) -> list[bool]:
             return [self._finish_one(cur, record) for record in records]

@@ -20,7 +20,7 @@ from tests.integration.cluster_support import wait_state, wait_until
 
 
 class Dev:
-    def __init__(self, db: Path, port: int) -> None:
+    def __init__(self, db: Path, port: int, plugins: tuple[str, ...] = ()) -> None:
         self.db, self.port = db, port
         self.log = db.with_suffix(".log")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMAN_")}
@@ -35,6 +35,7 @@ class Dev:
                     str(db),
                     "--listen",
                     f"127.0.0.1:{port}",
+                    *(arg for plugin_dir in plugins for arg in ("--plugins", plugin_dir)),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,1 @@
+"""Hostile tasks: each records the pids of the processes it leaves behind."""
