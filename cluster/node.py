@@ -220,7 +220,9 @@ class Node:
         fresh = self.coord.fresh_token()
         if fresh is None:
             return
-        highest = self.store.max_token()
+        # Not the whole history (a scan of every row on each start): the last
+        # leader's epoch and unfinished work catch any ensemble rebuilt from scratch.
+        highest = self.store.max_live_token()
         if fresh > highest:
             return
         self.coord.close()

@@ -91,6 +91,13 @@ HIGHEST_FENCE_OR_EPOCH = (
     "COALESCE((SELECT MAX(fence) FROM attempts), 0), "
     "COALESCE((SELECT MAX(epoch) FROM leadership), 0)) AS token"
 )
+# The same, cheap enough for every node start: the last leader's epoch and the
+# fences of unfinished work (the tasks_claim index narrows it to those rows).
+HIGHEST_LIVE_FENCE_OR_EPOCH = (
+    "SELECT GREATEST(COALESCE((SELECT MAX(fence) FROM tasks "
+    "WHERE state IN ('queued', 'running')), 0), "
+    "COALESCE((SELECT MAX(epoch) FROM leadership), 0)) AS token"
+)
 
 # -- node: claims -----------------------------------------------------------
 # Candidates: queued, due, not past not_after, runnable in this datacenter, for

@@ -117,6 +117,13 @@ HIGHEST_FENCE_OR_EPOCH = (
     "COALESCE((SELECT MAX(fence) FROM attempts), 0), "
     "COALESCE((SELECT MAX(epoch) FROM leadership), 0)) AS token"
 )
+# The same, cheap enough for every node start: the last leader's epoch and the
+# fences of unfinished work (the tasks_claim index narrows it to those rows).
+HIGHEST_LIVE_FENCE_OR_EPOCH = (
+    "SELECT MAX(COALESCE((SELECT MAX(fence) FROM tasks "
+    "WHERE state IN ('queued', 'running')), 0), "
+    "COALESCE((SELECT MAX(epoch) FROM leadership), 0)) AS token"
+)
 
 # -- node: claims -----------------------------------------------------------
 # No FORCE INDEX: SQLite's planner picks tasks_claim for this shape by itself.

@@ -640,6 +640,10 @@ class TaskStore:
         """The largest fence or leader epoch stored: a restarted local coordinator starts above it."""
         return int(self.db.query(self.q.HIGHEST_FENCE_OR_EPOCH)[0]["token"] or 0)
 
+    def max_live_token(self) -> int:
+        """The last leader's epoch or the largest fence of unfinished work, if larger."""
+        return int(self.db.query(self.q.HIGHEST_LIVE_FENCE_OR_EPOCH)[0]["token"] or 0)
+
     def queued_placements(self) -> list[tuple[str, str | None, str | None]]:
         """Each (plugin, pinned version, pinned datacenter) some queued task needs."""
         return [

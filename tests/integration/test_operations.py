@@ -18,7 +18,7 @@ from taskman import Client, TaskState
 from taskman.lab import MariaDBServer, ZooKeeperEnsemble, free_port
 from taskman.lab.nodes import NodeProcess
 from taskman.plugins import EXAMPLES_DIR
-from taskman.store import TaskStore
+from taskman.store import TaskStore, make_database
 from tests.integration.cluster_support import FAST_NODE, ZK_AUTH, wait_state, wait_until
 from tests.integration.conftest import StartNode
 
@@ -227,7 +227,9 @@ def test_retry_requeues_a_failed_task_as_a_new_attempt(
 def test_retention_prunes_a_million_old_rows_in_small_batches(
     mariadb: MariaDBServer, start_node: StartNode, dsn: str
 ) -> None:
-    store = TaskStore(dsn)
+    # The bulk insert below can outlast the store's default 30 s read timeout on a
+    # slow disk (one durable COMMIT of a million rows): give it room, no retries.
+    store = TaskStore(make_database(dsn, read_timeout=600.0, retry_deadline=0.0))
     try:
         # A million finished tasks, 40 days old, straight into the table.
         store.db.execute(
