@@ -7,6 +7,7 @@ runners before the leader can reclaim their attempts (7, 11).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -192,6 +193,29 @@ def test_nodes_survive_statements_killed_under_their_feet(
     wait_state(client, doomed, TaskState.EXPIRED, timeout=15)
 
 
+def _hog_connections(dsn: str) -> list[pymysql.connections.Connection]:
+    """Open connections as ``dsn``'s account until the server refuses one (1040)."""
+    parts = urlsplit(dsn)
+    hogs = []
+    for _ in range(200):
+        try:
+            hogs.append(
+                pymysql.connect(
+                    host=parts.hostname,
+                    port=parts.port or 3306,
+                    user=parts.username,
+                    password=parts.password or "",
+                    ssl_disabled=True,
+                    connect_timeout=5,
+                )
+            )
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] == 1040:
+                return hogs
+            raise
+    raise AssertionError("the server never ran out of connections")
+
+
 def _soon(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
@@ -230,3 +254,57 @@ def test_a_frozen_database_server_loses_nothing_and_runs_nothing_twice_at_once(
     worst = max(overlap(beats, task_id) for task_id in ids)
     print(f"\ndatabase frozen {frozen_for} s: worst overlap {worst:.2f} s")
     assert worst <= OVERLAP_WINDOW
+
+
+def test_nodes_survive_a_server_out_of_connections(
+    start_node: StartNode, client: Client, mariadb: MariaDBServer, dsn: str, limited_user: str
+) -> None:
+    """max_connections exhausted (1040) while every connection of the nodes is killed:
+    they cannot reconnect for a while, then can; work goes on, each task once. (The
+    nodes' account lacks CONNECTION ADMIN, which may always take one more.)"""
+    database = urlsplit(dsn).path.lstrip("/")
+    a = start_node("a", "dc1", dsn=limited_user)
+    b = start_node("b", "dc2", dsn=limited_user)
+    ids = [client.submit("demo.tasks:sleep", plugin="demo", args=(1.0,)) for _ in range(8)]
+    wait_until(lambda: sum(client.get(i).state is TaskState.RUNNING for i in ids) >= 4, 20, "work")
+    conn = mariadb.root_connection()
+    hogs: list[pymysql.connections.Connection] = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.max_connections AS n")
+            row = cur.fetchone()
+            limit = int(row["n"] if isinstance(row, dict) else row[0])
+            # Another client hogs every connection the server allows (MariaDB's
+            # floor for the limit is 10); then the nodes lose theirs.
+            cur.execute("SET GLOBAL max_connections = 10")
+            # For 4 s: every slot a node's reconnect wins is taken back, and the
+            # freed slot hogged again, so the nodes' reconnects meet 1040.
+            until = time.monotonic() + 4
+            while time.monotonic() < until:
+                hogs += _hog_connections(limited_user)
+                hog_ids = {h.thread_id() for h in hogs}
+                cur.execute(
+                    "SELECT id FROM information_schema.processlist WHERE db = %s", (database,)
+                )
+                for found in cur.fetchall():
+                    thread_id = int(found["id"] if isinstance(found, dict) else found[0])
+                    if thread_id not in hog_ids:
+                        with contextlib.suppress(pymysql.err.OperationalError):  # gone already
+                            cur.execute(f"KILL CONNECTION {thread_id}")
+                time.sleep(0.02)
+        assert a.alive() and b.alive(), "a node died of a server out of connections"
+    finally:
+        for hog in hogs:
+            hog.close()
+        with conn.cursor() as cur:
+            cur.execute(f"SET GLOBAL max_connections = {limit}")
+        conn.close()
+    refused = [e for n in (a, b) for e in n.events() if "1040" in str(e.get("error", ""))]
+    assert refused, "no node met the connection limit: the fault was not injected"
+    for task_id in ids:
+        task = wait_state(client, task_id, TaskState.SUCCEEDED, timeout=60)
+        assert [x.outcome for x in task.attempts].count(Outcome.SUCCEEDED) == 1
+    doomed = client.submit(
+        "demo.tasks:add", plugin="demo", args=(1, 2), datacenter="nowhere", not_after=_soon(1.0)
+    )
+    wait_state(client, doomed, TaskState.EXPIRED, timeout=15)
