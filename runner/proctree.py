@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from taskman.runner.zygote import _subreaper
+from taskman.runner.zygote import _children, _subreaper
 
 _subreaper_lock = threading.Lock()
 _is_subreaper: bool | None = None
@@ -31,13 +31,7 @@ def ensure_subreaper() -> bool:
         return _is_subreaper
 
 
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                found.extend(int(p) for p in (task / "children").read_text().split())
-    return found
+children = _children  # the pids whose parent is ``pid`` (from /proc)
 
 
 def descendants(pid: int) -> list[int]:

@@ -47,7 +47,10 @@ def _kill_dc(
 def _partition(
     lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
 ) -> Fault:
-    dc = rng.choice(lab.datacenters)
+    return _cut(lab, s, rng.choice(lab.datacenters), rng, "cut")
+
+
+def _cut(lab: MultiDCLab, s: Scenario, dc: str, rng: random.Random, label: str) -> Fault:
     at = time.time()
     lab.partition_dc(dc)
     hold = rng.uniform(1.0, s.session + 8)
@@ -59,7 +62,7 @@ def _partition(
         target_dc=dc,
         minority_window=(at, healed),
         bound=s.session + 5,
-        notes=[f"cut {dc} {hold:.1f} s"],
+        notes=[f"{label} {dc} {hold:.1f} s"],
     )
 
 
@@ -152,19 +155,7 @@ def _cut_zk_leader_dc(
 ) -> Fault:
     """Cut off the datacenter of the ZooKeeper leader: the majority must ride it out."""
     dc = lab.zk_leader() or rng.choice(lab.datacenters)
-    at = time.time()
-    lab.partition_dc(dc)
-    hold = rng.uniform(1.0, s.session + 8)
-    time.sleep(hold)
-    healed = time.time()
-    lab.heal(dc)
-    return Fault(
-        at,
-        target_dc=dc,
-        minority_window=(at, healed),
-        bound=s.session + 5,
-        notes=[f"cut ZooKeeper leader's {dc} {hold:.1f} s"],
-    )
+    return _cut(lab, s, dc, rng, "cut ZooKeeper leader's")
 
 
 FAULTS: dict[str, Faulter] = {
