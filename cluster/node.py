@@ -217,12 +217,15 @@ class Node:
         An ensemble rebuilt from scratch restarts its zxids low: every claim and
         every leader of it would be refused by the fenced writes, forever.
         """
-        fresh = self.coord.fresh_token()
-        if fresh is None:
-            return
+        # The database first: every token in it was issued before this read, so
+        # an intact ensemble's next zxid is larger. Read the other way round, a
+        # node claiming between the two reads made a healthy ensemble look rebuilt.
         # Not the whole history (a scan of every row on each start): the last
         # leader's epoch and unfinished work catch any ensemble rebuilt from scratch.
         highest = self.store.max_live_token()
+        fresh = self.coord.fresh_token()
+        if fresh is None:
+            return
         if fresh > highest:
             return
         self.coord.close()
@@ -492,9 +495,7 @@ class Node:
         pending, self.leftover_claims = self.leftover_claims, []
         # Not awaited: the outcomes are already recorded, so nothing waits on the
         # deletes. _check_releases queues again the ones that failed.
-        self.releasing.append(
-            (pending, self.lease.release_many_async(pending), self.lease.marker)
-        )
+        self.releasing.append((pending, self.lease.release_many_async(pending), self.lease.marker))
 
     def _check_releases(self) -> None:
         still = []
