@@ -56,7 +56,7 @@ from taskman.errors import (
 )
 from taskman.logs import add_secrets, scrub
 from taskman.plugins import Plugin, PluginRegistry
-from taskman.runner import Runner, RunnerEvent, RunnerSpec, describe_exit
+from taskman.runner import ORPHANED_EXITS, Runner, RunnerEvent, RunnerSpec, describe_exit
 from taskman.states import Outcome, TaskState
 from taskman.store import Candidate, Claim, ClaimRequest, Finish, TaskStore, make_database
 from taskman.store.migrations import applied_versions, latest_version
@@ -741,9 +741,16 @@ class Node:
             return
         cap = self.config.retry_backoff_max
         silence = max(active.runner.longest_silence, active.runner.silence(time.monotonic()))
-        if active.stop_reason is None and silence >= 0.9 * self.config.runner_watchdog:
+        if (
+            active.stop_reason is None
+            and active.final is None
+            and code in ORPHANED_EXITS
+            and silence >= 0.9 * self.config.runner_watchdog
+        ):
             # The node itself went quiet (a stall, a frozen VM) long enough for the
             # runner's watchdog to end the attempt: the node's trouble, not the task's.
+            # Only a runner that did die of it: one that outlived the silence and
+            # reported its outcome has done the task, and that outcome stands.
             active.stop_reason = Outcome.FENCED
             self.log.warning(
                 "task.orphaned_by_stall", task_id=claim.task_id, silent_for=round(silence, 2)

@@ -4,6 +4,20 @@
 and needs only the standard library.
 """
 
-from taskman.runner.supervisor import Runner, RunnerEvent, RunnerSpec, describe_exit
+from taskman.runner.supervisor import (
+    EXIT_ORPHANED,
+    ORPHANED_EXITS,
+    Runner,
+    RunnerEvent,
+    RunnerSpec,
+    describe_exit,
+)
 
-__all__ = ["Runner", "RunnerEvent", "RunnerSpec", "describe_exit"]
+__all__ = [
+    "EXIT_ORPHANED",
+    "ORPHANED_EXITS",
+    "Runner",
+    "RunnerEvent",
+    "RunnerSpec",
+    "describe_exit",
+]

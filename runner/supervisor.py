@@ -431,6 +431,13 @@ class Runner:
         return self.process is not None and self.process.poll() is None
 
 
+# runner/child.py's exit status when the node went silent or away (it imports nothing of
+# ours). Its die() first SIGKILLs its own process group, itself included, so the status
+# the node sees is usually that.
+EXIT_ORPHANED = 71
+ORPHANED_EXITS = frozenset({EXIT_ORPHANED, -signal.SIGKILL})
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"

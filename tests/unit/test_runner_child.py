@@ -69,3 +69,11 @@ def test_error_message_truncates_long_text() -> None:
     message = error_message(_raised(RuntimeError("m" * 20_000)), permanent=False)
     assert message["message"] == "m" * 10_000
     assert len(message["traceback"]) <= 200_000
+
+
+def test_the_node_knows_the_childs_orphaned_exit_status() -> None:
+    # The child imports nothing of ours, so the node keeps its own copy.
+    from taskman.runner import EXIT_ORPHANED
+    from taskman.runner.child import EXIT_ORPHANED as CHILDS
+
+    assert EXIT_ORPHANED == CHILDS
