@@ -776,6 +776,34 @@ class MultiDCLab:
     def resume_node(self, node_id: str) -> None:
         self.signal(node_id, signal.SIGCONT)
 
+    def freeze_node_tree(self, node_id: str) -> list[int]:
+        """SIGSTOP a node with every process below it (its runners), as a VM stall does.
+
+        The runners first, so none of them sees its node stop. Returns what was
+        stopped, for ``thaw``.
+        """
+        from taskman.runner.proctree import descendants
+
+        pid = self.pid(node_id)
+        if pid is None:
+            raise LabError(f"node {node_id} is not running")
+        below = descendants(pid)
+        for child in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+        os.kill(pid, signal.SIGSTOP)
+        return [pid, *below]
+
+    def thaw(self, pids: list[int]) -> None:
+        """SIGCONT what ``freeze_node_tree`` stopped, all at once."""
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def root_connection(self, dc: str, timeout: float = 5.0) -> pymysql.connections.Connection:
+        """A root connection to ``dc``'s Galera node over its unix socket (fault injection)."""
+        return _unix_connect(self.socket_path(dc), timeout=timeout)
+
     def healthy(self) -> bool:
         """Every process up, no partition, ensemble and Galera cluster complete."""
         if any(not self.alive(n) for n in self.processes()):

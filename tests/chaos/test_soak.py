@@ -4,6 +4,7 @@ Not part of the default run (marker ``soak``, deselected in pyproject's addopts)
 
     scripts/chaos-soak --seconds 1800 --seed 42      # or
     TASKMAN_SOAK_SECONDS=600 TASKMAN_SOAK_SEED=7 pytest tests/chaos/test_soak.py -m soak -s
+    TASKMAN_SOAK_FAULTS=stall-node,kill-queries scripts/chaos-soak --seconds 120
 
 Each round submits tasks, waits until they run, applies one fault drawn from the
 seeded generator, restores the lab, and runs the full checker. The seed is
@@ -12,15 +13,18 @@ printed first, so a failing schedule can be replayed exactly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import time
 from collections.abc import Callable
 
+import pymysql
 import pytest
 
-from taskman.lab.multidc import MultiDCLab
+from taskman.lab.multidc import APP_USER, MultiDCLab
+from tests.chaos.hostile_mix import HostileMix
 from tests.chaos.support import (
     BoundExceededError,
     Fault,
@@ -158,6 +162,51 @@ def _cut_zk_leader_dc(
     return _cut(lab, s, dc, rng, "cut ZooKeeper leader's")
 
 
+def _kill_queries(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    """KILL QUERY and KILL CONNECTION on every statement of one Galera node, for a while."""
+    dc = rng.choice(lab.galera_dcs)
+    hold = rng.uniform(2.0, 8.0)
+    killed = 0
+    at = time.time()
+    conn = lab.root_connection(dc)
+    try:
+        with conn.cursor() as cur:
+            while time.time() < at + hold:
+                cur.execute(
+                    "SELECT id FROM information_schema.processlist "
+                    "WHERE user = %s AND command = 'Query' AND id <> CONNECTION_ID()",
+                    (APP_USER,),
+                )
+                for (thread_id,) in cur.fetchall():
+                    kind = "CONNECTION" if rng.random() < 0.25 else "QUERY"
+                    with contextlib.suppress(pymysql.err.OperationalError):  # it finished first
+                        cur.execute(f"KILL {kind} {int(thread_id)}")
+                        killed += 1
+    finally:
+        conn.close()
+    bound = float(lab.state.node_options["heartbeat_timeout"]) + 5
+    return Fault(
+        at, target_dc=dc, bound=bound, notes=[f"kill {killed} statements in {dc} {hold:.1f} s"]
+    )
+
+
+def _stall_node(
+    lab: MultiDCLab, s: Scenario, by_node: dict[str, list[int]], rng: random.Random
+) -> Fault:
+    """A short VM stall: a node and its runners frozen together, well short of the session."""
+    node = rng.choice(sorted(by_node))
+    hold = rng.uniform(0.2, 0.6) * s.session
+    at = time.time()
+    frozen = lab.freeze_node_tree(node)
+    try:
+        time.sleep(hold)
+    finally:
+        lab.thaw(frozen)
+    return Fault(at, target_node=node, bound=s.session + 5, notes=[f"stall {node} {hold:.1f} s"])
+
+
 FAULTS: dict[str, Faulter] = {
     "kill-dc": _kill_dc,
     "partition-dc": _partition,
@@ -169,7 +218,25 @@ FAULTS: dict[str, Faulter] = {
     "freeze-galera": _freeze_galera,
     "pause-zk-leader": _pause_zk_leader,
     "cut-zk-leader-dc": _cut_zk_leader_dc,
+    "kill-queries": _kill_queries,
+    "stall-node": _stall_node,
 }
+
+
+def _check_hostile(lab: MultiDCLab, mix: HostileMix, timeout: float = 120.0) -> list[str]:
+    problems: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not mix.done():
+        if time.monotonic() > deadline:
+            left = [h.kind for h in mix.tasks if h.task_id not in mix.ended]
+            return [*problems, f"hostile tasks not terminal after {timeout:.0f} s: {left}"]
+        try:
+            with live_client(lab) as client:
+                problems += mix.poll(client)
+        except AssertionError:
+            pass  # no Synced Galera node just now: ask again
+        time.sleep(0.2)
+    return problems
 
 
 @pytest.mark.soak
@@ -178,24 +245,39 @@ def test_random_fault_schedule(lab3: MultiDCLab) -> None:
     seed = int(os.environ.get("TASKMAN_SOAK_SEED", str(random.randrange(1 << 32))))
     print(f"\nsoak: seed {seed}, {seconds:.0f} s (replay: TASKMAN_SOAK_SEED={seed})", flush=True)
     rng = random.Random(seed)
+    # TASKMAN_SOAK_FAULTS=kill-queries,stall-node: only those (to work on one fault).
+    only = [f for f in os.environ.get("TASKMAN_SOAK_FAULTS", "").split(",") if f]
+    unknown = set(only) - set(FAULTS)
+    assert not unknown, f"unknown faults {sorted(unknown)}: {', '.join(sorted(FAULTS))}"
+    names = sorted(only or FAULTS)
     deadline = time.monotonic() + seconds
     liveness: list[str] = []
     round_no = 0
+    hostile = 0
     while time.monotonic() < deadline:
         round_no += 1
         if not lab3.healthy():
             lab3.restore()
-        name = rng.choice(sorted(FAULTS))
-        s = Scenario(lab3, f"soak{round_no}-{name}", tasks=rng.randint(3, 12))
+        name = rng.choice(names)
+        s = Scenario(lab3, f"soak{round_no}-{name}", tasks=rng.randint(3, 10))
         s.submit()
+        mix = HostileMix(lab3.base_dir, s.name, rng, rng.randint(1, 3))
+        with live_client(lab3) as client:
+            mix.submit(client)
         by_node = s.wait_running()
         fault = FAULTS[name](lab3, s, by_node, rng)
         try:
             s.check(fault)  # safety violations raise AssertionError and end the soak
         except BoundExceededError as exc:
             liveness.append(str(exc))  # counted and reported; the soak goes on
+        problems = _check_hostile(lab3, mix)
+        assert not problems, f"{s.name}: hostile tasks:\n" + "\n".join(problems)
+        hostile += len(mix.tasks)
         with live_client(lab3) as client:
             wait_until(lambda: client.counts() is not None, 10, "the database")
-    print(f"soak: {round_no} rounds, seed {seed}; liveness misses: {len(liveness)}")
+    print(
+        f"soak: {round_no} rounds, seed {seed}, {hostile} hostile tasks ended clean; "
+        f"liveness misses: {len(liveness)}"
+    )
     for line in liveness:
         print(f"  {line}")
