@@ -201,6 +201,8 @@ class Node:
         if self.config.metrics_address:
             self.endpoints = self._serve_endpoints(self.config.metrics_address)
         self._publish_gauges(time.monotonic())
+        for plugin in self.registry.available():
+            metrics.start_plugin(plugin)
         for problem in self.registry.problems:
             self.log.error("plugin.rejected", problem=problem)
         self.started.set()  # before the event: whoever waits for it finds /readyz ready
