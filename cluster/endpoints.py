@@ -1,8 +1,12 @@
 """A node's HTTP endpoints: /metrics (Prometheus), /healthz (alive) and /readyz (serving).
 
-/readyz answers 200 only while the ZooKeeper session is confirmed and the
+/readyz answers 200 only while the coordinator (ZooKeeper) is confirmed and the
 database answers; both return JSON with the reasons, so a load balancer or an
 operator can see why a node is not ready.
+
+:class:`Probes` decides what each path answers; :class:`Endpoints` serves it on a
+node's ``metrics_address``, and embedded mode's UI app serves the same object on
+the UI's address, so both export the same names and the same answers.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from taskman.errors import ConfigError
 from taskman.metrics import REGISTRY
 
 Check = Callable[[], tuple[bool, str]]
+Answer = tuple[int, bytes, str]  # status, body, content type
+
+PATHS = ("/metrics", "/healthz", "/readyz")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -47,36 +54,49 @@ class CachedCheck:
             return self._value
 
 
-class Endpoints:
-    def __init__(self, address: str, checks: dict[str, Check], info: dict[str, Any]) -> None:
-        self.host, self.port = parse_address(address)
+class Probes:
+    """The answers of /metrics, /healthz and /readyz, whatever HTTP server carries them."""
+
+    def __init__(self, checks: dict[str, Check], info: dict[str, Any]) -> None:
         self.checks = checks
         self.info = info
-        outer = self
+
+    def answer(self, path: str) -> Answer | None:
+        """The response to a GET of ``path``, or None if it is not one of :data:`PATHS`."""
+        if path == "/metrics":
+            return 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            return _json(200, {"status": "alive", **self.info})
+        if path == "/readyz":
+            results = {name: check() for name, check in self.checks.items()}
+            ready = all(ok for ok, _ in results.values())
+            body = {
+                "status": "ready" if ready else "not ready",
+                "checks": {k: {"ok": ok, "detail": d} for k, (ok, d) in results.items()},
+                **self.info,
+            }
+            return _json(200 if ready else 503, body)
+        return None
+
+
+def _json(status: int, body: dict[str, Any]) -> Answer:
+    return status, json.dumps(body).encode(), "application/json"
+
+
+class Endpoints:
+    """:class:`Probes` on their own address (a cluster node's ``metrics_address``)."""
+
+    def __init__(self, address: str, probes: Probes) -> None:
+        self.host, self.port = parse_address(address)
+        self.probes = probes
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    self._json(200, {"status": "alive", **outer.info})
-                elif path == "/readyz":
-                    results = {name: check() for name, check in outer.checks.items()}
-                    ready = all(ok for ok, _ in results.values())
-                    body = {
-                        "status": "ready" if ready else "not ready",
-                        "checks": {k: {"ok": ok, "detail": d} for k, (ok, d) in results.items()},
-                        **outer.info,
-                    }
-                    self._json(200 if ready else 503, body)
-                else:
-                    self._json(404, {"error": f"no such endpoint {path}"})
-
-            def _json(self, status: int, body: dict[str, Any]) -> None:
-                self._send(status, json.dumps(body).encode(), "application/json")
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                found = probes.answer(path)
+                if found is None:
+                    found = _json(404, {"error": f"no such endpoint {path}"})
+                status, body, content_type = found
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))

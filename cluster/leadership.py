@@ -24,6 +24,9 @@ from taskman.store.schedules import ScheduleStore
 REAP_INTERVAL = 0.5
 QUEUE_DEPTH_INTERVAL = 5.0  # a COUNT over the whole table: not on every reaper pass
 PRUNE_INTERVAL = 5.0  # retention passes: at most 1 s of small DELETE batches each
+# A datacenter whose last node left is reported at 0 live nodes for this long, then
+# taken for retired; the alerting rules look back as far (docs/operations.md).
+REMEMBER_DATACENTER = 24 * 3600.0
 
 
 class Leadership:
@@ -41,6 +44,7 @@ class Leadership:
         self.done = done
         self.on_change = on_change
         self._next_depth = 0.0
+        self._datacenters = DatacenterMemory(REMEMBER_DATACENTER)
         self._next_prune = 0.0
         self._term: int | None = None  # the epoch this node leads under, if it leads
         self._last_ok = time.monotonic()  # the last completed pass while leading
@@ -57,7 +61,7 @@ class Leadership:
             TaskState.EXPIRED: cfg.retention_expired,
         }
 
-    def _publish(self, report: ReapReport, reaper: Reaper) -> None:
+    def _publish(self, report: ReapReport, reaper: Reaper, ticker: Ticker) -> None:
         if report.node_lost:
             metrics.RECLAIMED.labels("node_lost").inc(report.node_lost)
         if report.heartbeat_lost:
@@ -71,11 +75,27 @@ class Leadership:
             counts = reaper.store.count_by_state()
             for state in TaskState:
                 metrics.QUEUE_DEPTH.labels(state.value).set(counts.get(state.value, 0))
+            metrics.OLDEST_QUEUED_AGE.set(reaper.store.oldest_queued_wait())
+            metrics.SCHEDULE_LAG.set(ticker.store.lag())
+            self._publish_nodes(self.coord.members(), now)
+
+    def _publish_nodes(self, members: list[dict[str, Any]], now: float) -> None:
+        counts, retired = self._datacenters.update(members, now)
+        for datacenter in retired:
+            metrics.NODES_LIVE.remove(datacenter)
+        for datacenter, count in counts.items():
+            metrics.NODES_LIVE.labels(datacenter).set(count)
 
     def _step_down(self, term: int) -> None:
         self.log.warning("leader.lost", epoch=term)
         self.on_change(False)
+        # The leader's gauges: a former leader must not keep reporting the cluster.
         metrics.QUEUE_DEPTH.clear()
+        metrics.NODES_LIVE.clear()
+        metrics.OLDEST_QUEUED_AGE.set(0)
+        metrics.SCHEDULE_LAG.set(0)
+        self._datacenters.clear()
+        self._next_depth = 0.0  # publish at once if elected again
 
     def run(self) -> None:
         """Lead while elected and able; no error ends this thread (invariant 10)."""
@@ -169,7 +189,7 @@ class Leadership:
             self.on_change(True)
             self.log.info("leader.elected", epoch=epoch)
         ticker.run(epoch)  # first: it never raises, so a failing reap cannot stall ticks
-        self._publish(reaper.reap(epoch), reaper)
+        self._publish(reaper.reap(epoch), reaper, ticker)
         self._prune(reaper, epoch)
         self._last_ok = time.monotonic()
 
@@ -181,3 +201,34 @@ class Leadership:
         # Behind (a full batch or more): keep going on the next pass.
         behind = removed >= self.config.prune_batch
         self._next_prune = time.monotonic() + (0 if behind else PRUNE_INTERVAL)
+
+
+class DatacenterMemory:
+    """Live members per datacenter, where one whose last node left reads 0, not nothing.
+
+    An alert cannot tell a missing series from one not measured, so a datacenter
+    seen during this term is kept, at 0, for ``remember`` seconds after its last
+    live member, then taken for retired. A new leader starts empty; the alerting
+    rule looks back as long over every leader's reports (docs/operations.md).
+    """
+
+    def __init__(self, remember: float) -> None:
+        self.remember = remember
+        self.last_live: dict[str, float] = {}  # datacenter -> when it last had a live member
+
+    def update(self, members: list[dict[str, Any]], now: float) -> tuple[dict[str, int], list[str]]:
+        """(live members of each remembered datacenter, datacenters retired by this call)."""
+        counts: dict[str, int] = {}
+        for member in members:
+            if not member.get("invalid"):  # no readable info: the reaper skips it too
+                datacenter = str(member.get("datacenter"))
+                counts[datacenter] = counts.get(datacenter, 0) + 1
+        for datacenter in counts:
+            self.last_live[datacenter] = now
+        retired = [dc for dc, at in self.last_live.items() if now - at > self.remember]
+        for datacenter in retired:
+            del self.last_live[datacenter]
+        return {dc: counts.get(dc, 0) for dc in sorted(self.last_live)}, retired
+
+    def clear(self) -> None:
+        self.last_live.clear()

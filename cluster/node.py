@@ -44,7 +44,7 @@ from taskman.cluster.attempts import (
 from taskman.cluster.claim_order import claim_order
 from taskman.cluster.concurrency import Permit, cap_for
 from taskman.cluster.coordination import ZkCoordination
-from taskman.cluster.endpoints import CachedCheck, Endpoints
+from taskman.cluster.endpoints import CachedCheck, Endpoints, Probes
 from taskman.cluster.leadership import Leadership
 from taskman.config import NodeConfig
 from taskman.dsn import parse_dsn
@@ -201,15 +201,17 @@ class Node:
         if self.config.metrics_address:
             self.endpoints = self._serve_endpoints(self.config.metrics_address)
         self._publish_gauges(time.monotonic())
+        for plugin in self.registry.available():
+            metrics.start_plugin(plugin)
         for problem in self.registry.problems:
             self.log.error("plugin.rejected", problem=problem)
+        self.started.set()  # before the event: whoever waits for it finds /readyz ready
         self.log.info(
             "node.started",
             plugins=self.registry.available(),
             slots=self.config.slots,
             session_timeout=self.config.session_timeout,
         )
-        self.started.set()
 
     def _check_tokens(self) -> None:
         """Refuse an ensemble whose tokens are below those the database already holds.
@@ -259,12 +261,20 @@ class Node:
             note="minSessionTimeout raised it: reclaims of this node's work take longer",
         )
 
-    def _serve_endpoints(self, address: str) -> Endpoints:
+    def probes(self, *, coordinator: str = "zookeeper") -> Probes:
+        """What /metrics, /healthz and /readyz answer for this node.
+
+        ``coordinator`` names the coordination check in /readyz ("zookeeper" on a
+        cluster node). The checks answer "not ready" until the node has started,
+        so they may be served before :meth:`run` (embedded mode's UI comes up first).
+        """
         probe_db = make_database(
             self.config.dsn, retry_deadline=0.0, connect_timeout=2.0, read_timeout=2.0
         )
 
-        def zookeeper() -> tuple[bool, str]:
+        def coordination() -> tuple[bool, str]:
+            if not self.started.is_set():
+                return False, "the node is starting"
             silence = self.monitor.silence()
             ok = self.monitor.healthy(within=self.config.session_timeout / 3)
             return ok, f"last confirmed round trip {silence:.1f} s ago, state {self.monitor.state}"
@@ -273,11 +283,13 @@ class Node:
             ok = probe_db.ping()
             return ok, "answers" if ok else "does not answer"
 
-        endpoints = Endpoints(
-            address,
-            {"zookeeper": zookeeper, "database": CachedCheck(database)},
+        return Probes(
+            {coordinator: coordination, "database": CachedCheck(database)},
             {"node_id": self.config.node_id, "datacenter": self.config.datacenter},
         )
+
+    def _serve_endpoints(self, address: str) -> Endpoints:
+        endpoints = Endpoints(address, self.probes())
         endpoints.start()
         self.log.info("node.endpoints", address=f"{endpoints.host}:{endpoints.port}")
         return endpoints

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pymysql
 import structlog
 
+from taskman import metrics
 from taskman.cluster.reaper import ROLE
 from taskman.errors import FencedError, TaskmanError
 from taskman.store.schedules import ScheduleStore
@@ -69,6 +70,8 @@ class Ticker:
                     existing=fired.existing,
                     next_tick=fired.next_tick.isoformat(),
                 )
+            if fired.missed:
+                metrics.SCHEDULE_TICKS_MISSED.inc(fired.missed)
             if fired.missed or fired.overlap_skipped:
                 log.warning(
                     "schedule.misfired" if fired.missed else "schedule.overlap_skipped",

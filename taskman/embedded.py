@@ -1,8 +1,9 @@
 """Embedded mode: one node, the admin UI and a local coordinator in one process, on SQLite.
 
 What ``taskman dev`` runs. The node is the real one (same store interface, same
-claim and fencing protocol, same runners); only the coordinator is local, and
-the database is a SQLite file. One process per file: a second one is refused.
+claim and fencing protocol, same runners, same metrics); only the coordinator is
+local, and the database is a SQLite file. One process per file: a second one is
+refused. The UI's address also serves the node's /metrics, /healthz and /readyz.
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ def serve_ui(node: Node, dsn: str, host: str, port: int) -> Any:
         found = coord.members() if coord is not None else []
         return found, node.config.node_id if node.is_leader else None
 
-    app = create_app(UISettings(dsn=dsn, auth=auth, cluster="dev", members=members))
+    # The node's own probes, so /metrics names and /readyz answers are a cluster node's.
+    probes = node.probes(coordinator="coordinator")
+    settings = UISettings(dsn=dsn, auth=auth, cluster="dev", members=members, probes=probes)
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="ui", daemon=True)
     thread.start()
@@ -135,7 +139,8 @@ def run_dev(db: Path, plugins: list[Path], host: str, port: int, slots: int) -> 
             f"taskman dev: one node, UI and coordinator in this process\n"
             f"  database: {db}\n"
             f"  plugins:  {', '.join(str(p) for p in config.plugin_dirs)}\n"
-            f"  UI:       http://{host}:{port}/\n\n"
+            f"  UI:       http://{host}:{port}/\n"
+            f"  metrics:  http://{host}:{port}/metrics  (and /healthz, /readyz)\n\n"
             f"Submit from Python:\n"
             f"  from taskman import Client\n"
             f"  Client({dsn!r}).submit('demo.tasks:add', plugin='demo', args=(2, 3))\n"

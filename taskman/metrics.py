@@ -1,7 +1,10 @@
 """Every Prometheus metric a node exports, in one place.
 
 Names follow Prometheus conventions (``taskman_..._total``, ``_seconds``); label
-sets stay small (plugin, outcome, reason, state) so cardinality stays bounded.
+sets stay small (plugin, outcome, reason, state, datacenter) so cardinality stays
+bounded. ``promtool check metrics`` passes on a node's exposition (a test runs it).
+The names are public (alerting rules and dashboards use them, see
+docs/operations.md): add, never rename; a rename exports both names for a while.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ SELF_FENCED = Counter(
     registry=REGISTRY,
 )
 
+SCHEDULE_TICKS_MISSED = Counter(
+    "taskman_schedule_ticks_missed_total",
+    "Schedule ticks the leader saw later than their misfire grace (then skipped, run once "
+    "or caught up, as each schedule's misfire policy says).",
+    registry=REGISTRY,
+)
+
 LOOP_ERRORS = Counter(
     "taskman_loop_errors_total",
     "Unexpected errors a loop of this node caught, logged and survived, by loop.",
@@ -94,6 +104,26 @@ ZK_CONNECTED = Gauge(
     registry=REGISTRY,
 )
 IS_LEADER = Gauge("taskman_is_leader", "1 while this node is the leader.", registry=REGISTRY)
+NODES_LIVE = Gauge(
+    "taskman_nodes_live",
+    "Live nodes (coordinator members) by datacenter, as the leader sees them; a datacenter "
+    "seen during the leader's term stays, at 0, when its last node leaves (published by the "
+    "leader only).",
+    ["datacenter"],
+    registry=REGISTRY,
+)
+OLDEST_QUEUED_AGE = Gauge(
+    "taskman_oldest_queued_age_seconds",
+    "Seconds the longest-waiting due queued task has waited since it became due (submit, "
+    "not_before, retry or reclaim), by the DB clock (the leader's; 0 on other nodes).",
+    registry=REGISTRY,
+)
+SCHEDULE_LAG = Gauge(
+    "taskman_schedule_lag_seconds",
+    "Seconds the most overdue unpaused schedule's next tick is behind the DB clock "
+    "(the leader's; 0 on other nodes).",
+    registry=REGISTRY,
+)
 OLDEST_HEARTBEAT_AGE = Gauge(
     "taskman_oldest_heartbeat_age_seconds",
     "Seconds since the last accepted heartbeat of this node's oldest running attempt.",
@@ -125,3 +155,18 @@ ATTEMPT_SECONDS = Histogram(
     buckets=DURATION_BUCKETS,
     registry=REGISTRY,
 )
+
+
+# Known label values start at 0: increase() and rate() miss the first increment of a
+# series that appears with it, and an alert on "any fenced write" must see the first.
+for _write in ("heartbeat", "outcome"):
+    FENCED.labels(_write)
+for _reason in ("node_lost", "heartbeat_timeout"):
+    RECLAIMED.labels(_reason)
+
+
+def start_plugin(plugin: str) -> None:
+    """Export a plugin's counters (and its crashed-attempt count) at 0 from the node's start."""
+    for counter in (TASKS_CLAIMED, TASKS_SUCCEEDED, TASKS_FAILED, TASKS_RETRIED, TASKS_ABORTED):
+        counter.labels(plugin)
+    ATTEMPT_SECONDS.labels(plugin, "crashed")

@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "dev",
         help="run one node, the admin UI and a local coordinator on a SQLite file",
         epilog="example: taskman dev  (then open the printed UI address)\n"
+        "The UI address also serves the node's /metrics, /healthz and /readyz "
+        "(docs/operations.md).\n"
         "One process per database file. For several nodes or datacenters, run the cluster: "
         "see `taskman lab up` and docs/multi-dc.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -28,7 +30,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="plugin directory (repeatable; default ./plugins if it exists); "
         "the bundled examples are always loaded",
     )
-    p.add_argument("--listen", default="127.0.0.1:8080", help="UI address (default %(default)s)")
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        help="UI, /metrics, /healthz and /readyz address (default %(default)s)",
+    )
     p.add_argument("--slots", type=int, default=4, help="concurrent runners (default 4)")
     p.set_defaults(handler=dev)
 

@@ -236,6 +236,13 @@ PRUNE_COUNT = (
 QUEUED_PLACEMENTS = (
     "SELECT DISTINCT plugin, plugin_version, datacenter FROM tasks WHERE state = 'queued'"
 )
+# How long the longest-waiting due task has been queued (the leader's metric): from
+# when it became due, or, for a reclaimed or requeued one whose run_after is its old
+# place in line, from when it went back to the queue (updated_at). Negative: none due.
+OLDEST_QUEUED_WAIT = (
+    "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(GREATEST(run_after, updated_at)), NOW(6)) "
+    "AS wait_us FROM tasks WHERE state = 'queued'"
+)
 # Fail the queued tasks of one placement no live node has served for the grace (the
 # leader times that); a task due for less than the grace waits its own grace first.
 FAIL_UNPLACEABLE = (
@@ -277,6 +284,12 @@ DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = %s"
 DUE_SCHEDULES = (
     "SELECT name FROM schedules FORCE INDEX (schedules_due) "
     "WHERE paused = 0 AND next_tick <= NOW(6) ORDER BY next_tick LIMIT %s"
+)
+# How far the most overdue unpaused schedule's next tick is behind the database's
+# clock (the leader's metric; negative: none due). MIN on schedules_due is one probe.
+SCHEDULE_LAG = (
+    "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(next_tick), NOW(6)) AS lag_us "
+    "FROM schedules WHERE paused = 0"
 )
 # The leader's advance of one schedule: optimistic on the next tick it read (a
 # concurrent pause, replace or second leader makes it match 0 rows) and guarded

@@ -233,6 +233,10 @@ PRUNE_COUNT = (
     "SELECT COUNT(*) AS n FROM tasks "
     "WHERE state = %s AND finished_at < tm_add_us(tm_now(), -1000000.0 * %s)"
 )
+OLDEST_QUEUED_WAIT = (
+    "SELECT tm_diff_us(MIN(MAX(run_after, updated_at)), tm_now()) AS wait_us "
+    "FROM tasks WHERE state = 'queued'"
+)
 FAIL_UNPLACEABLE = (
     "UPDATE tasks SET state = 'failed', finished_at = tm_now(), error_type = %s, "
     "error_message = %s "
@@ -251,6 +255,9 @@ INSERT_SCHEDULE = (
     "created_at, updated_at) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
     "tm_now(), tm_now())"
+)
+SCHEDULE_LAG = (
+    "SELECT tm_diff_us(MIN(next_tick), tm_now()) AS lag_us FROM schedules WHERE paused = 0"
 )
 DUE_SCHEDULES = (
     "SELECT name FROM schedules "

@@ -246,6 +246,11 @@ class ScheduleStore:
         """Names of unpaused schedules whose next tick has come, by the database's clock."""
         return [r["name"] for r in self.db.query(self.q.DUE_SCHEDULES, (limit,))]
 
+    def lag(self) -> float:
+        """Seconds the most overdue unpaused schedule's next tick is behind the database's clock."""
+        lag_us = self.db.query(self.q.SCHEDULE_LAG)[0]["lag_us"]
+        return max(0, int(lag_us or 0)) / 1e6
+
     def fire(self, name: str, *, role: str, epoch: int) -> Fired | None:
         """Turn the due ticks of one schedule into tasks; None if nothing was due or we may not.
 

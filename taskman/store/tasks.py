@@ -644,6 +644,11 @@ class TaskStore:
         """The last leader's epoch or the largest fence of unfinished work, if larger."""
         return int(self.db.query(self.q.HIGHEST_LIVE_FENCE_OR_EPOCH)[0]["token"] or 0)
 
+    def oldest_queued_wait(self) -> float:
+        """Seconds the longest-waiting due queued task has waited, by the database's clock (0: none)."""
+        wait_us = self.db.query(self.q.OLDEST_QUEUED_WAIT)[0]["wait_us"]
+        return max(0, int(wait_us or 0)) / 1e6
+
     def queued_placements(self) -> list[tuple[str, str | None, str | None]]:
         """Each (plugin, pinned version, pinned datacenter) some queued task needs."""
         return [

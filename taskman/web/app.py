@@ -29,6 +29,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from taskman import __version__
+from taskman.cluster.endpoints import PATHS as PROBE_PATHS
+from taskman.cluster.endpoints import Probes
 from taskman.errors import (
     StoreError,
     TaskmanError,
@@ -77,6 +79,9 @@ class UISettings:
     # Embedded mode: live members and the leader from the in-process coordinator
     # instead of ZooKeeper.
     members: Callable[[], tuple[list[dict[str, Any]], str | None]] | None = None
+    # Embedded mode: the in-process node's /metrics, /healthz and /readyz, served
+    # without the UI's login like a cluster node's own endpoints.
+    probes: Probes | None = None
 
 
 # -- formatting ----------------------------------------------------------------
@@ -511,9 +516,20 @@ class UI:
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return self.problem(request, 404, "Not found", "No such page.")
 
+    async def probe(self, request: Request) -> Response:
+        """Embedded mode: the node's /metrics, /healthz or /readyz (cluster/endpoints.py)."""
+        assert self.settings.probes is not None  # routed only when set
+        found = await self.call(self.settings.probes.answer, request.url.path)
+        assert found is not None  # routed only for its paths
+        status, body, content_type = found
+        return Response(body, status_code=status, media_type=content_type)
+
     # -- middleware -----------------------------------------------------------------------
     async def guard(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         """Auth, a CSRF cookie for every browser, and strict security headers."""
+        if self.settings.probes is not None and request.url.path in PROBE_PATHS:
+            # Scrapers and load balancers: no login, no cookie (as on a cluster node).
+            return await call_next(request)
         cookie = request.cookies.get(security.CSRF_COOKIE)
         request.state.csrf = cookie or security.new_csrf_token()
         auth = self.settings.auth
@@ -575,6 +591,8 @@ def create_app(settings: UISettings) -> Starlette:
         Route("/logout", ui.logout, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    if settings.probes is not None:
+        routes += [Route(path, ui.probe) for path in PROBE_PATHS]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=ui.guard)],

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import json
 import subprocess
 import sys
 import time
@@ -17,50 +16,8 @@ from taskman import Client, Outcome, TaskState
 from taskman.cli.exitcodes import Exit
 from taskman.lab import free_port
 from tests.integration.cluster_support import wait_state, wait_until
-
-
-class Dev:
-    def __init__(self, db: Path, port: int, plugins: tuple[str, ...] = ()) -> None:
-        self.db, self.port = db, port
-        self.log = db.with_suffix(".log")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMAN_")}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "taskman",
-                    "dev",
-                    "--db",
-                    str(db),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    *(arg for plugin_dir in plugins for arg in ("--plugins", plugin_dir)),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=db.parent,
-            )
-        wait_until(self._ready, 30, "taskman dev to serve its UI", interval=0.1)
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"taskman dev exited: {self.log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+from tests.integration.embedded_support import Dev
+from tests.integration.scrape_support import fetch, sample
 
 
 @pytest.fixture
@@ -138,3 +95,41 @@ def test_schedules_tick_in_embedded_mode(dev: Dev) -> None:
             assert (task.idempotency_key or "").startswith("schedule:every-second:")
         assert len({t.idempotency_key for t in tasks}) == len(tasks)  # one task per tick
         assert wait_state(client, tasks[-1].id, TaskState.SUCCEEDED).result == 2
+
+
+def test_dev_serves_metrics_health_and_readiness_without_the_ui_login(tmp_path: Path) -> None:
+    # With a UI token set, pages need it; the probes stay open, as on a cluster node.
+    dev = Dev(
+        tmp_path / "dev.sqlite3", free_port(), env={"TASKMAN_UI_TOKEN": "probe-test-token-0123"}
+    )
+    base = f"http://127.0.0.1:{dev.port}"
+    try:
+        assert fetch(base + "/")[0] == 303  # to /login
+        status, headers, body = fetch(base + "/readyz")
+        assert status == 200, body
+        ready = json.loads(body)
+        assert ready["status"] == "ready"
+        assert ready["checks"]["coordinator"]["ok"] and ready["checks"]["database"]["ok"]
+        assert (ready["node_id"], ready["datacenter"]) == ("dev", "local")
+        status, _, body = fetch(base + "/healthz")
+        assert status == 200 and json.loads(body)["status"] == "alive"
+        assert "set-cookie" not in headers
+        with Client(f"sqlite:///{dev.db}") as client:
+            task_id = client.submit("demo.tasks:add", plugin="demo", args=(2, 3))
+            wait_state(client, task_id, TaskState.SUCCEEDED)
+
+        def scraped() -> str | None:
+            status, headers, text = fetch(base + "/metrics")
+            assert status == 200 and headers["content-type"].startswith("text/plain; version=")
+            done = sample(text, "taskman_tasks_succeeded_total", plugin="demo") == 1
+            # The leader's gauges: every 5 s, as on a cluster's leader.
+            published = sample(text, "taskman_queue_depth", state="succeeded") == 1
+            return text if done and published else None
+
+        text = wait_until(scraped, 15, "the dev node's metrics to show its work")
+        assert sample(text, "taskman_tasks_claimed_total", plugin="demo") == 1
+        assert sample(text, "taskman_is_leader") == 1
+        assert sample(text, "taskman_nodes_live", datacenter="local") == 1
+        assert fetch(base + "/metrics/x")[0] == 303  # only the three paths skip the login
+    finally:
+        dev.stop()

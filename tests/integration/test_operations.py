@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +18,7 @@ from taskman.plugins import EXAMPLES_DIR
 from taskman.store import TaskStore, make_database
 from tests.integration.cluster_support import FAST_NODE, ZK_AUTH, wait_state, wait_until
 from tests.integration.conftest import StartNode
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample in an exposition text (0 if absent)."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        metric, _, rest = series.partition("{")
-        found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-        if metric == name and found == labels:
-            return float(value)
-    return 0.0
+from tests.integration.scrape_support import get, sample
 
 
 def test_metrics_move_with_the_work(start_node: StartNode, client: Client) -> None:
