@@ -162,6 +162,9 @@ def test_a_wheel_installed_in_any_virtualenv_runs_taskman_dev(
     pip = installed.venv / "bin" / "pip"
     run([pip, "install", "-q", "--disable-pip-version-check", f"{wheel}[ui]"], installed.workdir)
     installed.start()
+    # Its hint names the CLI as a new shell reaches it: this virtualenv is not activated.
+    hint = f"{installed.command} submit demo.tasks:add"
+    wait_until(lambda: hint in installed.log.read_text(), 10, "the printed hint")
     page = installed.get("/")
     assert page is not None and "dev" in page
     assert installed.get("/static/app.css")  # static files, served from the wheel
