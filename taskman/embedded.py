@@ -115,7 +115,10 @@ def serve_ui(node: Node, dsn: str, host: str, port: int) -> Any:
     return server
 
 
-def run_dev(db: Path, plugins: list[Path], host: str, port: int, slots: int) -> None:
+def run_dev(
+    db: Path, plugins: list[Path], host: str, port: int, slots: int, command: str = "taskman"
+) -> None:
+    """Serve until SIGINT/SIGTERM; ``command`` is how the printed hints call the CLI."""
     logs.configure("info", "console")
     db = db.resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,7 @@ def run_dev(db: Path, plugins: list[Path], host: str, port: int, slots: int) -> 
             f"  from taskman import Client\n"
             f"  Client({dsn!r}).submit('demo.tasks:add', plugin='demo', args=(2, 3))\n"
             f"or the CLI:\n"
-            f"  taskman submit demo.tasks:add --plugin demo --args '[2, 3]' --wait --dsn {dsn}\n"
+            f"  {command} submit demo.tasks:add --plugin demo --args '[2, 3]' --wait --dsn {dsn}\n"
             f"Ctrl-C drains and stops.",
             flush=True,
         )

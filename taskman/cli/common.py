@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import sysconfig
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from taskman.cli.exitcodes import Exit
@@ -98,3 +101,26 @@ def exit_code_for(exc: TaskmanError) -> Exit:
 def fail(exc: TaskmanError) -> int:
     print(f"taskman: error: {exc}", file=sys.stderr)
     return int(exit_code_for(exc))
+
+
+def own_command() -> str:
+    """How a shell reaches this very taskman, for the hints the CLI prints.
+
+    ``taskman`` when PATH finds this installation's script; its full path when it is in
+    a virtual environment that is not activated (.venv of scripts/install-deps).
+    """
+    script = Path(sysconfig.get_path("scripts")) / "taskman"
+    found = shutil.which("taskman")
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return "taskman"
+    if script.exists():
+        return str(script)
+    return f"{sys.executable} -m taskman"
+
+
+def path_export() -> str:
+    """A shell line that puts this taskman first on PATH, for env files the lab writes;
+    empty when the shell already finds it."""
+    if own_command() == "taskman":
+        return ""
+    return f'export PATH="{sysconfig.get_path("scripts")}:$PATH"\n'

@@ -40,9 +40,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def dev(args: argparse.Namespace) -> int:
-    from taskman.cli.ui import parse_listen
+    from taskman.cli.common import own_command
+    from taskman.cli.ui import parse_listen, require_ui_extra
     from taskman.embedded import run_dev
 
     host, port = parse_listen(args.listen)
-    run_dev(Path(args.db), [Path(p) for p in args.plugins], host, port, args.slots)
+    require_ui_extra("taskman dev")
+    run_dev(
+        Path(args.db),
+        [Path(p) for p in args.plugins],
+        host,
+        port,
+        args.slots,
+        command=own_command(),
+    )
     return int(Exit.OK)

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from taskman.cli.common import path_export
 from taskman.cli.exitcodes import Exit
 
 
@@ -44,7 +45,7 @@ def up(args: argparse.Namespace) -> int:
         env_file = cluster.base_dir / "env"
         env_file.write_text(
             f"export TASKMAN_DSN={cluster.dsn}\nexport TASKMAN_ZOOKEEPER={cluster.zookeeper.hosts}\n"
-            f"export TASKMAN_ZOOKEEPER_AUTH={cluster.zookeeper_auth}\n"
+            f"export TASKMAN_ZOOKEEPER_AUTH={cluster.zookeeper_auth}\n{path_export()}"
         )
         print(
             f"taskman lab is up in {cluster.base_dir}\n"
@@ -137,6 +138,7 @@ def multi_dc(args: argparse.Namespace) -> int:
         env_file = lab.base_dir / "env"
         env_file.write_text(
             f"export TASKMAN_DSN={lab.dsn(first)}\nexport TASKMAN_ZOOKEEPER={lab.zookeeper_hosts}\n"
+            f"{path_export()}"
         )
         print(f"multi-dc lab ({args.topology}) up in {lab.up_seconds:.1f} s in {lab.base_dir}")
         _print_status(lab.status())

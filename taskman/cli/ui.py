@@ -40,17 +40,26 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def ui(args: argparse.Namespace) -> int:
+def require_ui_extra(command: str) -> None:
+    """A clear error, before any work, when the 'ui' extra (starlette, jinja2, uvicorn) is
+    missing: a plain ``pip install taskman`` leaves it out."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
-        from taskman.web import AuthConfig, UISettings, check_bind, create_app
-    except ImportError as exc:  # the ui extra is not installed
+        import taskman.web  # noqa: F401
+    except ImportError as exc:
         raise ConfigError(
-            f"the web UI needs the 'ui' extra: pip install 'taskman[ui]' ({exc})"
+            f"{command} serves the web UI, which needs the 'ui' extra: "
+            f"pip install 'taskman[ui]' ({exc})"
         ) from None
 
+
+def ui(args: argparse.Namespace) -> int:
+    require_ui_extra("taskman ui")
+    import uvicorn
+
     from taskman.cluster.zk import ZkSecurity, zk_security
+    from taskman.web import AuthConfig, UISettings, check_bind, create_app
 
     dsn, zookeeper, cluster = args.dsn, args.zookeeper, args.cluster
     zk_identity = ZkSecurity(auth=args.zookeeper_auth)

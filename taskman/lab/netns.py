@@ -35,7 +35,7 @@ def require_netns() -> None:
         raise LabError("the multi-datacenter lab needs root (network namespaces, nft)")
     for tool in ("ip", "nft"):
         if subprocess.run(["which", tool], capture_output=True, check=False).returncode != 0:
-            raise LabError(f"{tool} not found: run scripts/install-deps")
+            raise LabError(f"{tool} not found: run scripts/install-deps --servers")
 
 
 def used_subnets() -> set[int]:

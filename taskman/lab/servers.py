@@ -36,7 +36,7 @@ __all__ = [
     "free_port",
 ]
 
-INSTALL_HINT = "run scripts/install-deps"
+INSTALL_HINT = "run scripts/install-deps --servers"
 
 # /usr/sbin is often not on a non-root PATH, but that is where Debian puts mariadbd.
 _EXTRA_BIN_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")

