@@ -21,7 +21,12 @@ from tenacity import (
 )
 
 from taskman.dsn import MySQLDSN, parse_dsn
-from taskman.errors import AmbiguousCommitError, StoreError, TransientStoreError
+from taskman.errors import (
+    AccessDeniedError,
+    AmbiguousCommitError,
+    StoreError,
+    TransientStoreError,
+)
 from taskman.store import queries as q
 
 log = structlog.get_logger("taskman.store")
@@ -71,7 +76,7 @@ def classify(exc: BaseException) -> BaseException:
     elif code in TRANSIENT_CODES:
         kind, text = TransientStoreError, f"transient database error {code}"
     elif code in DENIED_CODES:
-        text = f"the database refused ({code})"
+        kind, text = AccessDeniedError, f"the database refused ({code})"
     elif isinstance(exc, pymysql.err.IntegrityError):
         kind, text = None, ""  # duplicate keys stay PyMySQL's, for the stores that expect them
     else:
