@@ -228,6 +228,10 @@ class Client:
         )
         return queued_reasons(task, rows, self._placement.now(), cap, running)
 
+    def now(self) -> datetime:
+        """The database's clock (aware UTC): every time of a task is written by it."""
+        return self._placement.now()
+
     def counts(self) -> dict[str, int]:
         return self._store.count_by_state()
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from taskman.models import Task
@@ -183,6 +184,11 @@ def cap_of(task: Task, rows: list[Served]) -> Cap | None:
     return Cap(default_key, limit, False) if limit else None
 
 
+def within(seconds: float) -> str:
+    """A short human duration to come, rounded up: "retrying in 1 s", never "in 0 s"."""
+    return ago(math.ceil(max(0.0, seconds)))
+
+
 def ago(seconds: float) -> str:
     """A short human duration: 45 s, 12 min, 3 h, 2 d."""
     if seconds < 120:
@@ -237,8 +243,9 @@ def queued_reasons(
     means nothing stands in its way but a free slot on a node that serves it.
     """
     reasons = []
-    if task.run_after is not None and task.run_after > now:
-        left = ago((task.run_after - now).total_seconds())
+    # Due within a second is due: a short backoff is no reason worth a line.
+    if task.run_after is not None and task.run_after > now + timedelta(seconds=1):
+        left = within((task.run_after - now).total_seconds())
         last = task.attempts[-1] if task.attempts else None
         if last is not None and last.outcome in _FAILURES:
             reasons.append(f"retrying in {left} (backoff after attempt {last.attempt} failed)")
