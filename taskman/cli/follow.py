@@ -36,7 +36,7 @@ IDLE_NOTE_AFTER = 5.0  # due, nothing in its way, yet unclaimed this long: say s
 
 
 class Interrupted(Exception):  # noqa: N818 - the user's Ctrl-C, not an error of ours
-    """Ctrl-C while following: the task goes on; ``task`` is the last state seen."""
+    """Ctrl-C while following: the task goes on; ``state`` is the last one seen (None: none)."""
 
     def __init__(self, task_id: int, state: TaskState | None) -> None:
         super().__init__(f"stopped waiting for task {task_id}")

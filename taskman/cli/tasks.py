@@ -196,7 +196,7 @@ def _follow(client: Client, task_id: int, timeout: float | None, args: argparse.
 def _interrupted(task_id: int, state: TaskState | None) -> int:
     now = f" is still {state.value} and" if state is not None else ""
     print(
-        f"\ntaskman: stopped waiting; task {task_id}{now} goes on without you.\n"
+        f"taskman: stopped waiting; task {task_id}{now} goes on without you.\n"
         f"  follow it again: taskman wait {task_id}\n"
         f"  abort it:        taskman abort {task_id}",
         file=sys.stderr,
