@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from taskman.errors import AccessDeniedError, UnservedError, WaitTimeoutError
+from taskman.errors import AccessDeniedError, SchemaError, UnservedError, WaitTimeoutError
 from taskman.models import Task
 from taskman.placement import Served, cap_of, queued_reasons, unserved
 from taskman.schedules import (
@@ -46,7 +46,7 @@ class Client:
         self._schedules = ScheduleStore(self._store.db)
         self._placement = PlacementStore(self._store.db)
         self._served: tuple[float, list[Served]] | None = None  # (monotonic read time, rows)
-        self._served_denied = False  # the account may not read served_plugins
+        self._served_unreadable_until = 0.0  # no table, or no grant: unchecked until then
         self.max_payload = max_payload
 
     def close(self) -> None:
@@ -137,15 +137,16 @@ class Client:
         return rows
 
     def _served_rows(self) -> list[Served] | None:
-        """What nodes serve; None if this account may not read it (granted before version 6)."""
-        if self._served_denied:
+        """What nodes serve; None if it cannot be read (a schema before version 6, no grant)."""
+        if time.monotonic() < self._served_unreadable_until:
             return None
         try:
             return self._placement.served()
-        except AccessDeniedError:
-            # docs/security.md: without SELECT on served_plugins, submits go unchecked
-            # (the leader still fails unplaceable work after unrunnable_grace).
-            self._served_denied = True
+        except (AccessDeniedError, SchemaError):
+            # A client upgraded before `taskman db migrate`, or an account granted before
+            # version 6 (docs/security.md): submit unchecked, as before; look again later.
+            # The leader still fails unplaceable work after unrunnable_grace.
+            self._served_unreadable_until = time.monotonic() + SERVED_CACHE_SECONDS
             return None
 
     @staticmethod

@@ -24,6 +24,7 @@ from taskman.dsn import MySQLDSN, parse_dsn
 from taskman.errors import (
     AccessDeniedError,
     AmbiguousCommitError,
+    SchemaError,
     StoreError,
     TransientStoreError,
 )
@@ -51,6 +52,7 @@ TRANSIENT_CODES = frozenset(
     }
 )
 AMBIGUOUS_CODES = frozenset({1180})  # error during COMMIT: outcome unknown
+NO_SUCH_TABLE = 1146  # the schema is older than the code: `taskman db migrate`
 DENIED_CODES = frozenset(
     {
         1044,  # access denied to the database
@@ -77,6 +79,8 @@ def classify(exc: BaseException) -> BaseException:
         kind, text = TransientStoreError, f"transient database error {code}"
     elif code in DENIED_CODES:
         kind, text = AccessDeniedError, f"the database refused ({code})"
+    elif code == NO_SUCH_TABLE:
+        kind, text = SchemaError, f"database error {code}"
     elif isinstance(exc, pymysql.err.IntegrityError):
         kind, text = None, ""  # duplicate keys stay PyMySQL's, for the stores that expect them
     else:

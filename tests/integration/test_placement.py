@@ -132,6 +132,16 @@ def test_the_client_refuses_what_no_node_ever_served(
         assert client.submit("x.y:z", plugin="nope", datacenter="dc2") > queued
 
 
+def test_a_client_newer_than_the_schema_submits_unchecked(store_dsn: str) -> None:
+    """Upgraded before `taskman db migrate`: no served_plugins yet, submits work as before."""
+    with raw(store_dsn) as cur:
+        cur.execute("DROP TABLE served_plugins")
+    with Client(store_dsn) as client:
+        task_id = client.submit("x.y:z", plugin="nope")
+        assert client.submit("x.y:z", plugin="nope", datacenter="dc9") > task_id
+        assert client.why_queued(task_id) == []
+
+
 def test_a_publisher_writes_at_once_then_on_its_interval_or_a_change(
     placement: PlacementStore, tmp_path: Path
 ) -> None:
