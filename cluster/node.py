@@ -46,6 +46,7 @@ from taskman.cluster.concurrency import Permit, cap_for
 from taskman.cluster.coordination import ZkCoordination
 from taskman.cluster.endpoints import CachedCheck, Endpoints, Probes
 from taskman.cluster.leadership import Leadership
+from taskman.cluster.served import ServedPublisher
 from taskman.config import NodeConfig
 from taskman.dsn import parse_dsn
 from taskman.errors import (
@@ -60,6 +61,7 @@ from taskman.runner import ORPHANED_EXITS, Runner, RunnerEvent, RunnerSpec, desc
 from taskman.states import Outcome, TaskState
 from taskman.store import Candidate, Claim, ClaimRequest, Finish, TaskStore, make_database
 from taskman.store.migrations import applied_versions, latest_version
+from taskman.store.placement import PlacementStore
 
 log = structlog.get_logger("taskman.node")
 MEMBER_UPDATE_INTERVAL = 1.0  # slots_used in membership is at most this stale
@@ -203,6 +205,16 @@ class Node:
         self._publish_gauges(time.monotonic())
         for plugin in self.registry.available():
             metrics.start_plugin(plugin)
+        # What this node serves, in the database: the thin client's view (cluster/served.py).
+        self.served = ServedPublisher(
+            PlacementStore(self.store.db),
+            self.config.node_id,
+            self.config.datacenter,
+            self.registry,
+            self.log,
+            deadline=deadline,
+        )
+        self.served.publish_due(time.monotonic())
         for problem in self.registry.problems:
             self.log.error("plugin.rejected", problem=problem)
         self.started.set()  # before the event: whoever waits for it finds /readyz ready
@@ -358,6 +370,7 @@ class Node:
         self._check_session()
         self._publish_gauges(now)
         self._publish_membership(now)
+        self.served.publish_due(now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + cfg.heartbeat_interval
             self._heartbeat(now)

@@ -27,7 +27,6 @@ start) every attempt cold-spawns; both run the same child code.
 
 from __future__ import annotations
 
-import fnmatch
 import grp
 import os
 import pwd
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from taskman.errors import PluginError, ValidationError
+from taskman.placement import cap_for_function, function_allowed
 from taskman.validation import (
     FUNCTION_REF,
     PLUGIN_NAME,
@@ -92,18 +92,11 @@ class Plugin:
     allow_root: bool = False
 
     def allows(self, function: str) -> bool:
-        if self.functions is None:
-            return True
-        return any(fnmatch.fnmatchcase(function, pattern) for pattern in self.functions)
+        return function_allowed(self.functions, function)
 
     def concurrency_for(self, function: str) -> int | None:
         """The cluster-wide cap for this function, if the manifest sets one."""
-        if function in self.concurrency:
-            return self.concurrency[function]
-        for pattern, cap in self.concurrency.items():
-            if fnmatch.fnmatchcase(function, pattern):
-                return cap
-        return None
+        return cap_for_function(self.concurrency, function)
 
     def summary(self) -> dict[str, Any]:
         """What the node publishes about this plugin: never the environment's values."""

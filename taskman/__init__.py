@@ -21,6 +21,7 @@ from taskman.errors import (
     TaskNotFoundError,
     TaskStateError,
     TransientStoreError,
+    UnservedError,
     ValidationError,
     WaitTimeoutError,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "TaskStateError",
     "TaskmanError",
     "TransientStoreError",
+    "UnservedError",
     "ValidationError",
     "WaitTimeoutError",
     "__version__",

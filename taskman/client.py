@@ -7,8 +7,9 @@ import time
 from datetime import datetime
 from typing import Any
 
-from taskman.errors import WaitTimeoutError
+from taskman.errors import AccessDeniedError, SchemaError, UnservedError, WaitTimeoutError
 from taskman.models import Task
+from taskman.placement import Served, cap_of, queued_reasons, unserved
 from taskman.schedules import (
     DEFAULT_MAX_CATCH_UP,
     DEFAULT_MISFIRE_GRACE,
@@ -19,8 +20,13 @@ from taskman.schedules import (
 )
 from taskman.states import TaskState
 from taskman.store import TaskStore, make_database
+from taskman.store.placement import PlacementStore
 from taskman.store.schedules import ScheduleStore
-from taskman.validation import DEFAULT_MAX_PAYLOAD, build_task
+from taskman.validation import DEFAULT_MAX_PAYLOAD, NewTask, build_task
+
+# What nodes serve only grows ("ever served"), so a passing check may be reused a
+# while; a refusal is always re-checked against a fresh read first.
+SERVED_CACHE_SECONDS = 30.0
 
 
 class Client:
@@ -38,6 +44,9 @@ class Client:
         """``retry_deadline``: how long transient database errors are retried before giving up."""
         self._store = TaskStore(make_database(dsn, retry_deadline=retry_deadline))
         self._schedules = ScheduleStore(self._store.db)
+        self._placement = PlacementStore(self._store.db)
+        self._served: tuple[float, list[Served]] | None = None  # (monotonic read time, rows)
+        self._served_unreadable_until = 0.0  # no table, or no grant: unchecked until then
         self.max_payload = max_payload
 
     def close(self) -> None:
@@ -68,10 +77,17 @@ class Client:
         limits: dict[str, int] | None = None,
         concurrency_key: str | None = None,
         concurrency_limit: int | None = None,
+        allow_unserved: bool = False,
     ) -> int:
         """Queue ``function`` ("package.module:callable") of ``plugin``; return the task id.
 
         Once this returns, the task is durable and will reach a terminal state.
+
+        A plugin, pinned version or datacenter that no node of the cluster has
+        ever served, or a function outside every served version's ``functions``
+        allowlist, raises UnservedError and stores nothing; ``allow_unserved=True``
+        queues it anyway (deploy order: the node that will serve it starts later).
+        Until some node has started once, nothing is refused.
 
         ``limits`` overrides the plugin's resource limits (memory_mb, cpu_seconds,
         open_files, output_bytes). ``concurrency_limit`` caps how many attempts
@@ -97,7 +113,51 @@ class Client:
             concurrency_limit=concurrency_limit,
             max_payload=self.max_payload,
         )
+        if not allow_unserved:
+            self._check_served(task)
         return self._store.insert(task)
+
+    def _check_served(self, task: NewTask) -> None:
+        now = time.monotonic()
+        cached = self._served
+        # An empty read is never reused: the first node to start must count at once.
+        if cached is None or not cached[1] or now - cached[0] > SERVED_CACHE_SECONDS:
+            rows, reused = self._read_served(now), False
+        else:
+            rows, reused = cached[1], True
+        problem = self._unserved(task, rows)
+        if problem is not None and reused:
+            problem = self._unserved(task, self._read_served(now))
+        if problem is not None:
+            raise UnservedError(*problem)
+
+    def _read_served(self, now: float) -> list[Served]:
+        rows = self._served_rows() or []
+        self._served = (now, rows)
+        return rows
+
+    def _served_rows(self) -> list[Served] | None:
+        """What nodes serve; None if it cannot be read (a schema before version 6, no grant)."""
+        if time.monotonic() < self._served_unreadable_until:
+            return None
+        try:
+            return self._placement.served()
+        except (AccessDeniedError, SchemaError):
+            # A client upgraded before `taskman db migrate`, or an account granted before
+            # version 6 (docs/security.md): submit unchecked, as before; look again later.
+            # The leader still fails unplaceable work after unrunnable_grace.
+            self._served_unreadable_until = time.monotonic() + SERVED_CACHE_SECONDS
+            return None
+
+    @staticmethod
+    def _unserved(task: NewTask, rows: list[Served]) -> tuple[str, str] | None:
+        return unserved(
+            rows,
+            plugin=task.plugin,
+            version=task.plugin_version,
+            datacenter=task.datacenter,
+            function=task.function,
+        )
 
     def get(self, task_id: int) -> Task:
         """The task with its attempts; raises TaskNotFoundError for an unknown id."""
@@ -150,6 +210,28 @@ class Client:
                 )
             time.sleep(delay)
             delay = min(delay * 2, poll)
+
+    def why_queued(self, task: Task | int) -> builtins.list[str]:
+        """Why a queued task has not started yet, by what the database knows; [] if nothing.
+
+        Each reason is one sentence: it is not due yet (not before T, retrying in
+        N s), no live node serves its plugin or version, its datacenter has no
+        live node, its concurrency cap is full. A task that is not queued has none.
+        """
+        if isinstance(task, int):
+            task = self._store.get(task)
+        if task.state is not TaskState.QUEUED:
+            return []
+        rows = self._served_rows()
+        cap = cap_of(task, rows or [])
+        running = (
+            0 if cap is None else self._placement.running_under(cap, task.plugin, task.function)
+        )
+        return queued_reasons(task, rows, self._placement.now(), cap, running)
+
+    def now(self) -> datetime:
+        """The database's clock (aware UTC): every time of a task is written by it."""
+        return self._placement.now()
 
     def counts(self) -> dict[str, int]:
         return self._store.count_by_state()

@@ -21,6 +21,23 @@ class ValidationError(TaskmanError):
     """An application passed bad input (arguments, times, sizes, references)."""
 
 
+class UnservedError(ValidationError):
+    """A submit names a plugin, version, datacenter or function no node has ever served.
+
+    ``missing`` says what is missing; ``served`` what the cluster has served. Pass
+    ``allow_unserved=True`` (``--allow-unserved``) to queue it anyway, e.g. before
+    the first node with a new plugin starts.
+    """
+
+    def __init__(self, missing: str, served: str) -> None:
+        super().__init__(
+            f"{missing} (served: {served}); pass allow_unserved=True (--allow-unserved) "
+            "to queue it anyway"
+        )
+        self.missing = missing
+        self.served = served
+
+
 class PayloadTooLargeError(ValidationError):
     """Arguments or a result exceed the configured size limit."""
 
@@ -39,6 +56,10 @@ class TaskStateError(TaskmanError):
 
 class StoreError(TaskmanError):
     """The database failed in a way that is not the caller's fault."""
+
+
+class AccessDeniedError(StoreError):
+    """The database refused the account: a login, or a privilege on a table (docs/security.md)."""
 
 
 class TransientStoreError(StoreError):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 
+import taskman
 from taskman.cli import cluster, dev, lab, schedule, server, tasks, ui
 from taskman.cli.common import fail
 from taskman.cli.exitcodes import Exit
@@ -18,7 +20,8 @@ EPILOG = """examples:
   taskman lab up            # a local cluster (MariaDB, ZooKeeper, two nodes) to try things on
 
 exit codes: 0 ok, 1 task failed, 2 usage, 3 not found, 4 wrong state, 5 wait timed out,
-  65 invalid input, 69 database or ZooKeeper unavailable, 70 internal error, 78 bad config
+  65 invalid input (also: a submit no node has ever served), 69 database or ZooKeeper
+  unavailable, 70 internal error, 78 bad config, 130 Ctrl-C while waiting (the task goes on)
 """
 
 
@@ -29,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"taskman {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     tasks.register(sub)
     server.register(sub)
@@ -38,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.register(sub)
     ui.register(sub)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version; the source tree's when not installed."""
+    try:
+        return metadata.version("taskman")
+    except metadata.PackageNotFoundError:
+        return taskman.__version__
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -16,3 +16,4 @@ class Exit(IntEnum):
     UNAVAILABLE = 69  # EX_UNAVAILABLE: database or ZooKeeper unreachable
     SOFTWARE = 70  # EX_SOFTWARE: an unexpected error
     CONFIG = 78  # EX_CONFIG: bad configuration
+    INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C stopped `wait` / `submit --wait`; the task goes on

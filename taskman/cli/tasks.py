@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from taskman.cli.common import (
     require_dsn,
 )
 from taskman.cli.exitcodes import Exit
+from taskman.cli.follow import Follower, Interrupted, is_terminal
 from taskman.client import Client
 from taskman.errors import ValidationError
 from taskman.models import Task
@@ -44,9 +46,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_json(p)
     p.set_defaults(handler=abort)
 
-    p = sub.add_parser("wait", help="wait until a task finishes")
+    p = sub.add_parser(
+        "wait",
+        help="wait until a task finishes, showing its progress and why it waits",
+        epilog=WAIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("task_id", type=int)
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    add_quiet(p)
     add_dsn(p)
     add_json(p)
     p.set_defaults(handler=wait)
@@ -68,11 +76,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=tasks)
 
 
+WAIT_EPILOG = """While it waits it says what happens, on stderr: claims (node, token),
+attempts that fail and retry, are reclaimed or fenced, and why a queued task has
+not started (no live node serves its plugin or version, its datacenter has no
+live node, its concurrency cap is full, not before T). On a terminal one line
+with a progress bar is redrawn in place; otherwise one plain line per change.
+The result goes to stdout. Ctrl-C stops waiting, not the task: it exits 130 and
+prints how to abort the task (taskman abort ID).
+"""
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="while waiting, print nothing on stderr"
+    )
+
+
 def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "submit",
         help="queue a task",
-        epilog="example: taskman submit demo.tasks:add --plugin demo --args '[2, 3]' --wait",
+        epilog="example: taskman submit demo.tasks:add --plugin demo --args '[2, 3]' --wait\n\n"
+        "A plugin, version or datacenter no node has ever served, or a function outside\n"
+        "the plugin's allowlist, is refused (exit 65) unless --allow-unserved.\n\n"
+        + WAIT_EPILOG.replace("While it waits", "With --wait, while it waits"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("function", help="package.module:callable")
@@ -104,8 +131,15 @@ def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--concurrency-key", help="the key for --concurrency-limit (default: plugin and function)"
     )
+    p.add_argument(
+        "--allow-unserved",
+        action="store_true",
+        help="queue it even if no node has ever served its plugin, version, datacenter or "
+        "function (a node that will serve it starts later)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the task to finish")
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+    add_quiet(p)
     add_dsn(p)
     add_json(p)
     p.set_defaults(handler=submit)
@@ -134,13 +168,40 @@ def submit(args: argparse.Namespace) -> int:
             limits=parse_limits(args.limit),
             concurrency_key=args.concurrency_key,
             concurrency_limit=args.concurrency_limit,
+            allow_unserved=args.allow_unserved,
         )
         if not args.wait:
             emit({"id": task_id}) if args.json else print(task_id)
             return int(Exit.OK)
-        task = client.wait(task_id, timeout=args.wait_timeout)
-        show(task, args.json)
-        return _final_code(task)
+        return _follow(client, task_id, args.wait_timeout, args)
+
+
+def _follow(client: Client, task_id: int, timeout: float | None, args: argparse.Namespace) -> int:
+    """Wait for the task, telling stderr what happens; print the result; the exit code."""
+    if args.quiet:
+        try:
+            task = client.wait(task_id, timeout=timeout)
+        except KeyboardInterrupt:
+            return _interrupted(task_id, None)
+    else:
+        follower = Follower(client, sys.stderr, live=is_terminal(sys.stderr))
+        try:
+            task = follower.follow(task_id, timeout=timeout)
+        except Interrupted as stop:
+            return _interrupted(task_id, stop.state)
+    show(task, args.json)
+    return _final_code(task)
+
+
+def _interrupted(task_id: int, state: TaskState | None) -> int:
+    now = f" is still {state.value} and" if state is not None else ""
+    print(
+        f"taskman: stopped waiting; task {task_id}{now} goes on without you.\n"
+        f"  follow it again: taskman wait {task_id}\n"
+        f"  abort it:        taskman abort {task_id}",
+        file=sys.stderr,
+    )
+    return int(Exit.INTERRUPTED)
 
 
 def parse_limits(items: list[str]) -> dict[str, int] | None:
@@ -185,9 +246,7 @@ def retry(args: argparse.Namespace) -> int:
 
 def wait(args: argparse.Namespace) -> int:
     with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
-        task = client.wait(args.task_id, timeout=args.timeout)
-    show(task, args.json)
-    return _final_code(task)
+        return _follow(client, args.task_id, args.timeout, args)
 
 
 def tasks(args: argparse.Namespace) -> int:

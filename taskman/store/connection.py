@@ -21,7 +21,13 @@ from tenacity import (
 )
 
 from taskman.dsn import MySQLDSN, parse_dsn
-from taskman.errors import AmbiguousCommitError, StoreError, TransientStoreError
+from taskman.errors import (
+    AccessDeniedError,
+    AmbiguousCommitError,
+    SchemaError,
+    StoreError,
+    TransientStoreError,
+)
 from taskman.store import queries as q
 
 log = structlog.get_logger("taskman.store")
@@ -46,6 +52,7 @@ TRANSIENT_CODES = frozenset(
     }
 )
 AMBIGUOUS_CODES = frozenset({1180})  # error during COMMIT: outcome unknown
+NO_SUCH_TABLE = 1146  # the schema is older than the code: `taskman db migrate`
 DENIED_CODES = frozenset(
     {
         1044,  # access denied to the database
@@ -71,7 +78,9 @@ def classify(exc: BaseException) -> BaseException:
     elif code in TRANSIENT_CODES:
         kind, text = TransientStoreError, f"transient database error {code}"
     elif code in DENIED_CODES:
-        text = f"the database refused ({code})"
+        kind, text = AccessDeniedError, f"the database refused ({code})"
+    elif code == NO_SUCH_TABLE:
+        kind, text = SchemaError, f"database error {code}"
     elif isinstance(exc, pymysql.err.IntegrityError):
         kind, text = None, ""  # duplicate keys stay PyMySQL's, for the stores that expect them
     else:

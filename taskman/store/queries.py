@@ -252,6 +252,33 @@ FAIL_UNPLACEABLE = (
     "AND run_after <= NOW(6) - INTERVAL %s MICROSECOND" + LEADER_GUARD
 )
 
+# -- what nodes serve (taskman/store/placement.py, taskman/placement.py) -----------------
+# One row per (node, plugin, version), upserted at node start and on every refresh. Nodes
+# never delete rows: the client refuses only what no node has EVER served, and last_seen
+# tells whether anything serves it now.
+PUBLISH_SERVED = (
+    "INSERT INTO served_plugins (node, datacenter, plugin, plugin_version, functions, "
+    "concurrency, first_seen, last_seen) VALUES (%s, %s, %s, %s, %s, %s, NOW(6), NOW(6)) "
+    "ON DUPLICATE KEY UPDATE datacenter = VALUES(datacenter), functions = VALUES(functions), "
+    "concurrency = VALUES(concurrency), last_seen = NOW(6)"
+)
+# Ages by the database's clock: no client clock is compared with a node's.
+SERVED = (
+    "SELECT node, datacenter, plugin, plugin_version, functions, concurrency, last_seen, "
+    "TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(6)) AS age_us FROM served_plugins "
+    "ORDER BY plugin, plugin_version, datacenter, node"
+)
+# Running attempts that hold a permit of one cap key (cluster/concurrency.py cap_for): a
+# task's own key when it sets a limit, else plugin:function.
+RUNNING_WITH_CAP_KEY = (
+    "SELECT COUNT(*) AS n FROM tasks WHERE state = 'running' AND concurrency_key = %s "
+    "AND concurrency_limit IS NOT NULL"
+)
+RUNNING_OF_FUNCTION = (
+    "SELECT COUNT(*) AS n FROM tasks WHERE state = 'running' AND plugin = %s "
+    "AND `function` = %s AND (concurrency_key IS NULL OR concurrency_limit IS NULL)"
+)
+
 # -- schedules (recurring tasks; see taskman/schedules.py and docs/schedules.md) --------
 SCHEDULE_COLUMNS = (
     "name, plugin, plugin_version, `function`, args, kwargs, cron, timezone, every_seconds, "

@@ -44,8 +44,10 @@ from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads
     QUEUED_PLACEMENTS,
     REPLACE_SCHEDULE,
     RESUME_SCHEDULE,
+    RUNNING_OF_FUNCTION,
     RUNNING_STATUS,
     RUNNING_TASKS,
+    RUNNING_WITH_CAP_KEY,
     SCHEDULE_COLUMNS,
     SCHEMA_VERSIONS,
     TASK_BY_IDEMPOTENCY_KEY,
@@ -300,6 +302,19 @@ UI_THROUGHPUT = (
     "AND finished_at >= tm_add_us(tm_now(), -1000000 * %s) GROUP BY bucket, state"
 )
 
+# -- what nodes serve (see queries.py) ---------------------------------------------------
+PUBLISH_SERVED = (
+    "INSERT INTO served_plugins (node, datacenter, plugin, plugin_version, functions, "
+    "concurrency, first_seen, last_seen) VALUES (%s, %s, %s, %s, %s, %s, tm_now(), tm_now()) "
+    "ON CONFLICT (node, plugin, plugin_version) DO UPDATE SET datacenter = excluded.datacenter, "
+    "functions = excluded.functions, concurrency = excluded.concurrency, last_seen = tm_now()"
+)
+SERVED = (
+    "SELECT node, datacenter, plugin, plugin_version, functions, concurrency, last_seen, "
+    "tm_diff_us(last_seen, tm_now()) AS age_us FROM served_plugins "
+    "ORDER BY plugin, plugin_version, datacenter, node"
+)
+
 # Columns (result names) that hold times: SQLiteDatabase returns them as naive
 # UTC datetimes, as PyMySQL does for DATETIME.
 DATETIME_COLUMNS = frozenset(
@@ -318,5 +333,7 @@ DATETIME_COLUMNS = frozenset(
         "next_tick",
         "last_tick",
         "NOW(6)",
+        "first_seen",
+        "last_seen",
     }
 )

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import pymysql
 import structlog
 
-from taskman.errors import ConfigError, StoreError, TransientStoreError
+from taskman.errors import ConfigError, SchemaError, StoreError, TransientStoreError
 from taskman.store import queries_sqlite
 from taskman.store.connection import retry_policy
 
@@ -108,6 +108,8 @@ def classify(exc: sqlite3.Error) -> BaseException:
     if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in str(exc):
         # The stores catch PyMySQL's duplicate key (1062) to find the existing row.
         return pymysql.err.IntegrityError(DUPLICATE_KEY, str(exc))
+    if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("no such table"):
+        return SchemaError(f"SQLite error: {exc}")  # older than the code: `taskman db migrate`
     return StoreError(f"SQLite error: {exc}")
 
 

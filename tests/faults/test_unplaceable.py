@@ -204,8 +204,13 @@ def test_a_pin_no_live_node_can_serve_fails_after_the_grace(
     grace = 2.0
     start_node("a", "dc1", plugin_dirs=ONLY_DEMO, unrunnable_grace=grace)
     start_node("c", "dc2", plugin_dirs=ONLY_GREETER, unrunnable_grace=grace)
-    misspelt = client.submit("demo.tasks:add", plugin="demo", args=(1, 1), datacenter="dc9")
-    lacking = client.submit("demo.tasks:add", plugin="demo", args=(1, 1), datacenter="dc2")
+    # Queued anyway: the client would refuse both pins at submit.
+    misspelt = client.submit(
+        "demo.tasks:add", plugin="demo", args=(1, 1), datacenter="dc9", allow_unserved=True
+    )
+    lacking = client.submit(
+        "demo.tasks:add", plugin="demo", args=(1, 1), datacenter="dc2", allow_unserved=True
+    )
     for task_id, reason in [
         (
             misspelt,

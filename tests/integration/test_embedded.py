@@ -15,6 +15,8 @@ import pytest
 from taskman import Client, Outcome, TaskState
 from taskman.cli.exitcodes import Exit
 from taskman.lab import free_port
+from taskman.store import make_database
+from taskman.store.placement import PlacementStore
 from tests.integration.cluster_support import wait_state, wait_until
 from tests.integration.embedded_support import Dev
 from tests.integration.scrape_support import fetch, sample
@@ -42,6 +44,38 @@ def test_dev_runs_tasks_with_progress_abort_and_failures(dev: Dev) -> None:
         assert aborted.attempts[0].outcome is Outcome.ABORTED
     page = urllib.request.urlopen(f"http://127.0.0.1:{dev.port}/").read().decode()
     assert "dev" in page and "local" in page
+
+
+def test_dev_publishes_what_it_serves_and_the_cli_refuses_a_misspelt_plugin(dev: Dev) -> None:
+    dsn = f"sqlite:///{dev.db}"
+    store = PlacementStore(make_database(dsn))
+    try:
+        rows = wait_until(store.served, 15, "taskman dev to publish what it serves")
+    finally:
+        store.db.close()
+    assert {(r.node, r.datacenter, r.plugin, r.version) for r in rows} == {
+        ("dev", "local", "demo", "1.0"),
+        ("dev", "local", "greeter", "1.0"),
+        ("dev", "local", "greeter", "2.0"),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMAN_")}
+    refused = subprocess.run(
+        [sys.executable, "-m", "taskman", "submit", "demo.tasks:add", "--plugin", "dmeo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**env, "TASKMAN_DSN": dsn},
+    )
+    assert refused.returncode == Exit.INVALID
+    assert "no node has ever served plugin 'dmeo' (served: plugins demo 1.0; greeter" in (
+        refused.stderr
+    )
+    with Client(dsn) as client:
+        assert client.list() == []
+        queued = client.submit("demo.tasks:add", plugin="dmeo", allow_unserved=True)
+        assert client.why_queued(queued) == ["no live node serves plugin 'dmeo' (never served)"]
+        client.abort(queued)
 
 
 def test_a_second_dev_on_the_same_file_is_refused(dev: Dev) -> None:

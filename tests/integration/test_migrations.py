@@ -20,7 +20,14 @@ from taskman.store.migrations import (
     schema_fingerprint,
 )
 
-EXPECTED_TABLES = {"attempts", "leadership", "schedules", "taskman_schema", "tasks"}
+EXPECTED_TABLES = {
+    "attempts",
+    "leadership",
+    "schedules",
+    "served_plugins",
+    "taskman_schema",
+    "tasks",
+}
 
 ALL = [(m.version, m.name) for m in available()]
 VERSIONS = [version for version, _ in ALL]
@@ -75,8 +82,9 @@ def test_the_known_migrations() -> None:
         (3, "limits_and_concurrency"),
         (4, "schedules"),
         (5, "retention_index"),
+        (6, "served_plugins"),
     ]
-    assert latest_version() == 5
+    assert latest_version() == 6
 
 
 def test_migrate_twice_applies_nothing_the_second_time(dsn: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
-from taskman import Client, TaskState
+from taskman import Client, TaskState, UnservedError
 from taskman.cluster.layout import ClusterPaths
 from taskman.errors import StoreError
 from taskman.lab import MariaDBServer, ZooKeeperEnsemble
@@ -289,10 +289,25 @@ def test_least_privilege_accounts_run_the_cluster(
     node_dsn = f"mysql://{node_user}:node-pw-7@{host}"
     client_dsn = f"mysql://{client_user}:client-pw-7@{host}"
     start_node("a", dsn=node_dsn)
+    # An account granted before served_plugins existed still submits, unchecked.
     with Client(client_dsn) as client:
         done = client.submit("demo.tasks:add", plugin="demo", args=(2, 2))
         queued = client.submit("demo.tasks:add", plugin="demo", args=(1, 1), datacenter="dc9")
         assert wait_state(client, done, TaskState.SUCCEEDED).result == 4
+        assert client.why_queued(queued) == []  # what nodes serve is out of its sight
+        assert client.abort(queued) is TaskState.ABORTED
+    with mariadb.root_connection() as root, root.cursor() as cur:
+        cur.execute(f"GRANT SELECT ON `{database}`.served_plugins TO '{client_user}'@'%'")
+    # With the grant docs/security.md lists, it refuses what no node serves.
+    with Client(client_dsn) as client:
+        with pytest.raises(UnservedError, match="datacenter 'dc9'"):
+            client.submit("demo.tasks:add", plugin="demo", args=(1, 1), datacenter="dc9")
+        queued = client.submit(
+            "demo.tasks:add", plugin="demo", args=(1, 1), datacenter="dc9", allow_unserved=True
+        )
+        assert client.why_queued(queued) == [
+            "its datacenter 'dc9' has no live node (no node has ever run there)"
+        ]
         assert client.abort(queued) is TaskState.ABORTED
     # Neither account can change the schema: migrations need the admin DSN.
     for restricted in (node_dsn, client_dsn):

@@ -38,6 +38,7 @@ def test_not_after_expires_a_task_that_did_not_start(start_node: StartNode, clie
         args=(1, 2),
         datacenter="dc9",
         not_after=datetime.now(UTC) + timedelta(seconds=1),
+        allow_unserved=True,  # the client would refuse the pin at submit
     )
     task = wait_state(client, task_id, TaskState.EXPIRED, timeout=10)
     assert task.attempt == 0 and task.attempts == () and task.error_type == "Expired"

@@ -98,6 +98,7 @@ def test_public_api_is_pinned() -> None:
         "TaskStateError",
         "TaskmanError",
         "TransientStoreError",
+        "UnservedError",
         "ValidationError",
         "WaitTimeoutError",
         "__version__",

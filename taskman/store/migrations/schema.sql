@@ -108,3 +108,16 @@ CREATE TABLE schedules (
     updated_at DATETIME(6) NOT NULL DEFAULT NOW(6) ON UPDATE NOW(6),
     KEY schedules_due (paused, next_tick)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- What each node serves (migration 6): the client refuses a submit no node ever served.
+CREATE TABLE served_plugins (
+    node VARCHAR(128) NOT NULL,
+    datacenter VARCHAR(64) NOT NULL,
+    plugin VARCHAR(100) NOT NULL,
+    plugin_version VARCHAR(50) NOT NULL,
+    functions TEXT NULL,  -- JSON list of the manifest's fnmatch patterns; NULL: any function
+    concurrency TEXT NULL,  -- JSON object of the manifest's [concurrency]: pattern -> cap
+    first_seen DATETIME(6) NOT NULL DEFAULT NOW(6),
+    last_seen DATETIME(6) NOT NULL DEFAULT NOW(6),
+    PRIMARY KEY (node, plugin, plugin_version)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -1,5 +1,6 @@
 -- The SQLite schema (embedded mode), applied in one transaction to an empty file.
 -- It equals MySQL schema version 5 (schema.sql); later changes are NNNN_name.sqlite.sql.
+-- (served_plugins, version 6, is 0006_served_plugins.sqlite.sql.)
 -- Times are TEXT 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC. taskman writes every time itself
 -- (microseconds); the DEFAULTs and triggers below only serve hand-made rows, with
 -- SQLite's millisecond clock padded to the same width.
