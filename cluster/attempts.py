@@ -7,20 +7,49 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from taskman.plugins import Plugin
-from taskman.runner import Runner
+from taskman.runner import RunnerSpec
 from taskman.states import Outcome, TaskState
 from taskman.store import Claim
 from taskman.validation import DEFAULT_RETRY_BACKOFF
+
+
+class RunnerHandle(Protocol):
+    """What the node's steps use of a runner (taskman.runner.Runner; fakes in tests/inprocess)."""
+
+    spec: RunnerSpec
+    started_at: float  # monotonic
+    last_heard: float  # monotonic: the child's last message
+    longest_silence: float  # the longest the node left it without a word
+    output_exceeded: bool
+
+    @property
+    def alive(self) -> bool: ...
+
+    def launch(self) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def silence(self, now: float) -> float: ...
+
+    def request_abort(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def output_tail(self) -> str: ...
 
 
 @dataclass
 class ActiveAttempt:
     claim: Claim
     plugin: Plugin
-    runner: Runner
+    runner: RunnerHandle
     deadline: float | None  # monotonic time the task's timeout runs out
     stop_reason: Outcome | None = None  # why the node is stopping it: ABORTED, TIMEOUT, FENCED
     kill_at: float | None = None  # SIGKILL after the grace period

@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from kazoo.exceptions import KazooException
 from kazoo.recipe.watchers import DataWatch
 
 from taskman.cluster import membership
 from taskman.cluster.concurrency import Blocked, Cap, ConcurrencyGate, Permit, admits
+from taskman.cluster.contracts import Coordinator, Election, JsonValue, Member
 from taskman.cluster.election import LeaderElection
 from taskman.cluster.layout import ClusterPaths, claim_name
 from taskman.cluster.lease import ClaimLease
@@ -60,9 +61,9 @@ class ZkCoordination:
         ensure_namespace(self.client, self.paths, insecure=config.insecure)
         self.monitor = SessionMonitor(self.client, self.paths.nodes, config.session_timeout)
         timeout = claim_path_timeout(config.session_timeout)
-        self.lease: Any = ClaimLease(self.client, self.paths, config.node_id, timeout)
+        self.lease = ClaimLease(self.client, self.paths, config.node_id, timeout)
         self.lease.token_base = read_token_base(self.client, self.paths)
-        self.gate: Any = ConcurrencyGate(self.client, self.paths, config.node_id, timeout)
+        self.gate = ConcurrencyGate(self.client, self.paths, config.node_id, timeout)
 
     def start(self) -> None:
         self.monitor.start()
@@ -71,7 +72,7 @@ class ZkCoordination:
         """The session timeout the ensemble negotiated (it may clamp the configured one)."""
         return negotiated_timeout(self.client)
 
-    def election(self) -> Any:
+    def election(self) -> Election:
         return LeaderElection(
             self.client, self.paths, self.config.node_id, token_base=self.lease.token_base
         )
@@ -80,14 +81,14 @@ class ZkCoordination:
         """A token the ensemble would issue now: every later claim's is larger."""
         return fresh_zxid(self.client, self.paths) + int(self.lease.token_base)
 
-    def register(self, info: dict[str, Any], *, wait_for: float) -> None:
+    def register(self, info: Mapping[str, JsonValue], *, wait_for: float) -> None:
         membership.register(self.client, self.paths, self.config.node_id, info, wait_for=wait_for)
         self.lease.open_session()
 
-    def update(self, info: dict[str, Any]) -> None:
+    def update(self, info: Mapping[str, JsonValue]) -> None:
         membership.update(self.client, self.paths, self.config.node_id, info)
 
-    def members(self) -> list[dict[str, Any]]:
+    def members(self) -> list[Member]:
         return membership.members(self.client, self.paths)
 
     def watch_drain(self, on_request: Callable[[], None]) -> None:
@@ -96,7 +97,7 @@ class ZkCoordination:
         with contextlib.suppress(KazooException, CoordinationError):
             wait(self.client.delete_async(path))  # a request addressed to an earlier run
 
-        def on_change(data: bytes | None, stat: Any) -> bool:
+        def on_change(data: bytes | None, stat: object) -> bool:
             if stat is not None:
                 on_request()
                 return False
@@ -119,7 +120,7 @@ class ZkCoordination:
 class _Done:
     """A finished call, shaped like the kazoo async results the node checks."""
 
-    def __init__(self, value: Any = None) -> None:
+    def __init__(self, value: object = None) -> None:
         self.value = value
         self.exception: BaseException | None = None
 
@@ -266,10 +267,10 @@ class LocalCoordination:
     def __init__(self, config: NodeConfig, floor: int) -> None:
         self.config = config
         self._tokens = _Tokens(floor)
-        self.monitor: Any = _LocalMonitor()
-        self.lease: Any = _LocalLease(self._tokens)
-        self.gate: Any = _LocalGate()
-        self._info: dict[str, Any] = {}
+        self.monitor = _LocalMonitor()
+        self.lease = _LocalLease(self._tokens)
+        self.gate = _LocalGate()
+        self._info: Member = {}
 
     def start(self) -> None:
         pass
@@ -280,16 +281,16 @@ class LocalCoordination:
     def fresh_token(self) -> int | None:
         return None  # local tokens start above the database's already
 
-    def election(self) -> Any:
+    def election(self) -> Election:
         return _LocalElection(self._tokens, self.config.node_id)
 
-    def register(self, info: dict[str, Any], *, wait_for: float) -> None:
+    def register(self, info: Mapping[str, JsonValue], *, wait_for: float) -> None:
         self._info = dict(info)
 
-    def update(self, info: dict[str, Any]) -> None:
+    def update(self, info: Mapping[str, JsonValue]) -> None:
         self._info = dict(info)
 
-    def members(self) -> list[dict[str, Any]]:
+    def members(self) -> list[Member]:
         return [dict(self._info)] if self._info else []
 
     def watch_drain(self, on_request: Callable[[], None]) -> None:
@@ -297,3 +298,9 @@ class LocalCoordination:
 
     def close(self) -> None:
         self._info = {}
+
+
+if TYPE_CHECKING:
+    # mypy checks both coordinators against the node's contracts (contracts.py).
+    def _conforms(config: NodeConfig) -> tuple[Coordinator, Coordinator]:
+        return ZkCoordination(config), LocalCoordination(config, 0)

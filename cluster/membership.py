@@ -5,18 +5,24 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
+from taskman.cluster.contracts import JsonValue, Member
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.zk import wait
 from taskman.errors import CoordinationError
 
 
 def register(
-    client: KazooClient, paths: ClusterPaths, node_id: str, info: dict[str, Any], *, wait_for: float
+    client: KazooClient,
+    paths: ClusterPaths,
+    node_id: str,
+    info: Mapping[str, JsonValue],
+    *,
+    wait_for: float,
 ) -> None:
     """Create this node's member znode. A live node with the same id blocks start-up.
 
@@ -47,7 +53,9 @@ def register(
             time.sleep(0.25)
 
 
-def update(client: KazooClient, paths: ClusterPaths, node_id: str, info: dict[str, Any]) -> None:
+def update(
+    client: KazooClient, paths: ClusterPaths, node_id: str, info: Mapping[str, JsonValue]
+) -> None:
     wait(client.set_async(paths.node(node_id), json.dumps(info, sort_keys=True).encode()))
 
 
@@ -56,9 +64,9 @@ def unregister(client: KazooClient, paths: ClusterPaths, node_id: str) -> None:
         wait(client.delete_async(paths.node(node_id)))
 
 
-def members(client: KazooClient, paths: ClusterPaths) -> list[dict[str, Any]]:
+def members(client: KazooClient, paths: ClusterPaths) -> list[Member]:
     """Every live node's published info, sorted by datacenter and id."""
-    found = []
+    found: list[Member] = []
     for name in wait(client.get_children_async(paths.nodes)):
         try:
             data, _ = wait(client.get_async(paths.node(name)))
@@ -67,6 +75,8 @@ def members(client: KazooClient, paths: ClusterPaths) -> list[dict[str, Any]]:
         try:
             info = json.loads(data)
         except ValueError:
+            info = None
+        if not isinstance(info, dict):
             info = {"node_id": name, "invalid": True}
         found.append(info)
     found.sort(key=lambda i: (str(i.get("datacenter")), str(i.get("node_id"))))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from cluster.node import Node
+from taskman.cluster.startup_checks import check_tokens
 from taskman.errors import CoordinationError
 
 
@@ -22,7 +23,7 @@ class _Ensemble:
         return next(self._next)
 
 
-def _node(ensemble: _Ensemble, *, db_highest: int | None = None) -> SimpleNamespace:
+def _node(ensemble: _Ensemble, *, db_highest: int | None = None) -> tuple[Any, Any]:
     stored: list[int] = []
 
     def max_live_token() -> int:
@@ -35,17 +36,17 @@ def _node(ensemble: _Ensemble, *, db_highest: int | None = None) -> SimpleNamesp
         ensemble.closed = True
 
     coord = SimpleNamespace(fresh_token=ensemble.issue, close=close)
-    return SimpleNamespace(coord=coord, store=SimpleNamespace(max_live_token=max_live_token))
+    return coord, SimpleNamespace(max_live_token=max_live_token)
 
 
 def test_a_claim_racing_the_check_does_not_look_like_a_rebuilt_ensemble() -> None:
     ensemble = _Ensemble(0x100000010)
-    Node._check_tokens(_node(ensemble))  # type: ignore[arg-type]
+    check_tokens(*_node(ensemble))
     assert not ensemble.closed
 
 
 def test_an_ensemble_below_the_database_is_refused() -> None:
     ensemble = _Ensemble(0x10)
     with pytest.raises(CoordinationError, match="rebase-tokens"):
-        Node._check_tokens(_node(ensemble, db_highest=0x200000005))  # type: ignore[arg-type]
+        check_tokens(*_node(ensemble, db_highest=0x200000005))
     assert ensemble.closed

@@ -1,0 +1,97 @@
+"""A task's trip through the node's steps: claim, launch, outcome, fenced record, release."""
+
+from __future__ import annotations
+
+from taskman import Outcome, TaskState
+from taskman.errors import StoreError
+from tests.inprocess.harness import InProcessNode
+
+
+def test_a_claimed_task_runs_and_its_outcome_is_recorded_then_released(
+    node: InProcessNode,
+) -> None:
+    task_id = node.client.submit("demo.tasks:add", plugin="demo", args=(2, 3))
+    assert node.claim() == 1
+    runner = node.runner_of(task_id)
+    assert runner.launched and runner.spec.fence == node.client.get(task_id).fence
+    assert node.coord.lease.live_claims()
+    runner.succeed(5)
+    node.settle()
+    task = node.client.get(task_id)
+    assert task.state is TaskState.SUCCEEDED and task.result == 5
+    assert not node.ctx.active and not node.coord.lease.live_claims()
+    assert node.recorded.names()[:1] == ["task.claimed"]
+    assert "task.succeeded" in node.recorded.names()
+    assert node.counters.counts["claimed"] == 1 and node.counters.counts["succeeded"] == 1
+
+
+def test_a_full_node_claims_only_its_free_slots(node: InProcessNode) -> None:
+    ids = [node.client.submit("demo.tasks:add", plugin="demo", args=(i, 1)) for i in range(6)]
+    assert node.claim() == node.config.slots
+    assert node.claim() == 0  # no free slot: nothing more is claimed
+    assert len(node.ctx.active) == node.config.slots and set(node.ctx.active) <= set(ids)
+
+
+def test_a_function_its_plugin_does_not_allow_is_rejected_without_a_runner(
+    node: InProcessNode,
+) -> None:
+    task_id = node.client.submit("os:system", plugin="demo", args=("true",), max_attempts=3)
+    assert node.claim() == 1
+    node.settle()
+    task = node.client.get(task_id)
+    assert not node.runners
+    assert task.state is TaskState.FAILED  # permanent: no retry can fix it
+    assert [a.outcome for a in task.attempts] == [Outcome.REJECTED]
+    assert task.error_type == "PluginError"
+    assert not node.coord.lease.live_claims()
+
+
+def test_an_outcome_the_database_refuses_keeps_its_claim_and_is_written_later(
+    node: InProcessNode,
+) -> None:
+    task_id = node.client.submit("demo.tasks:add", plugin="demo", args=(2, 3))
+    node.claim()
+    real = node.store.finish_many
+    calls = []
+
+    def failing(records: object) -> list[bool]:
+        calls.append(records)
+        raise StoreError("the database went away")
+
+    node.store.finish_many = failing  # type: ignore[method-assign]
+    node.runner_of(task_id).succeed(5)
+    node.settle()
+    assert calls and node.steps.outcomes.unrecorded
+    # Releasing the claim now would let the leader re-run finished work.
+    assert node.coord.lease.live_claims()
+    assert node.client.get(task_id).state is TaskState.RUNNING
+    node.store.finish_many = real  # type: ignore[method-assign]
+    node.steps.outcomes.retry_unrecorded()
+    node.steps.releases.check()
+    assert node.client.get(task_id).state is TaskState.SUCCEEDED
+    assert not node.coord.lease.live_claims()
+
+
+def test_a_claim_the_database_refuses_releases_its_tokens(node: InProcessNode) -> None:
+    node.client.submit("demo.tasks:add", plugin="demo", args=(2, 3))
+
+    def failing(*args: object, **kwargs: object) -> list[object]:
+        raise StoreError("the database went away")
+
+    node.store.claim_many = failing  # type: ignore[method-assign]
+    assert node.claim() == 0
+    node.steps.releases.flush()
+    assert not node.coord.lease.live_claims() and not node.runners
+
+
+def test_a_message_the_node_cannot_handle_ends_only_its_attempt(node: InProcessNode) -> None:
+    task_id = node.client.submit("demo.tasks:add", plugin="demo", args=(2, 3), max_attempts=1)
+    node.claim()
+    runner = node.runner_of(task_id)
+    runner.say({"t": "progress", "fraction": 0.5, "message": "half"})
+    runner.say({"t": "result", "value": object()})  # a value no JSON encoder takes
+    runner.exit(0)
+    node.settle()
+    task = node.client.get(task_id)
+    assert task.state is TaskState.FAILED and task.error_type == "ProtocolError"
+    assert "runner.message_failed" in node.recorded.names()
