@@ -18,39 +18,29 @@ leaves nothing running when its session expires.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 
 import structlog
-from kazoo.exceptions import KazooException
 
-import taskman
-from taskman import metrics
-from taskman.cluster.claiming import Claimer
 from taskman.cluster.context import NodeContext, RunnerFactory
-from taskman.cluster.contracts import Coordinator, JsonValue
+from taskman.cluster.contracts import Coordinator
 from taskman.cluster.coordination import ZkCoordination
 from taskman.cluster.endpoints import CachedCheck, Endpoints, Probes
-from taskman.cluster.guard import Guard
 from taskman.cluster.leadership import Leadership
-from taskman.cluster.outcomes import Outcomes
-from taskman.cluster.releases import Releases
-from taskman.cluster.served import ServedPublisher
+from taskman.cluster.publishing import Publisher
 from taskman.cluster.startup_checks import check_granted_session, check_tokens
-from taskman.cluster.supervision import Supervisor
+from taskman.cluster.steps import NodeSteps
 from taskman.cluster.task_events import node_events
 from taskman.config import NodeConfig
 from taskman.dsn import parse_dsn
-from taskman.errors import CoordinationError, SchemaError
+from taskman.errors import SchemaError
 from taskman.logs import add_secrets
 from taskman.plugins import PluginRegistry
 from taskman.runner import Runner
 from taskman.store import TaskStore, make_database
 from taskman.store.migrations import applied_versions, latest_version
-from taskman.store.placement import PlacementStore
 
 log = structlog.get_logger("taskman.node")
 MEMBER_UPDATE_INTERVAL = 1.0  # slots_used in membership is at most this stale
@@ -65,44 +55,6 @@ def secrets_of(config: NodeConfig, registry: PluginRegistry) -> list[str]:
         for plugin in versions.values():
             values.extend(plugin.env.values())
     return values
-
-
-class NodeSteps:
-    """The steps of one node over one shared context, wired; no threads of its own.
-
-    The node runs them from its loop and threads; the in-process tests drive them
-    one call at a time.
-    """
-
-    def __init__(self, ctx: NodeContext, member_info: Callable[[], dict[str, JsonValue]]) -> None:
-        self.ctx = ctx
-        self.releases = Releases(ctx)
-        self.supervisor = Supervisor(ctx)
-        self.outcomes = Outcomes(ctx, self.releases)
-        self.guard = Guard(ctx, self.supervisor, self.releases, member_info)
-        self.claimer = Claimer(ctx, self.releases, self.outcomes, self.supervisor, self.may_claim)
-
-    def may_claim(self) -> bool:
-        ctx = self.ctx
-        return (
-            len(ctx.active) < ctx.config.slots
-            and not self.guard.fenced_episode
-            and ctx.session_healthy()
-        )
-
-    def drain_events(self, timeout: float) -> None:
-        """Handle every runner event waiting (after up to ``timeout`` s for the first)."""
-        queue_ = self.ctx.runner_events
-        try:
-            event = queue_.get(timeout=timeout)
-        except Exception:  # noqa: BLE001 - queue.Empty
-            return
-        while True:
-            self.outcomes.handle(event)
-            try:
-                event = queue_.get_nowait()
-            except Exception:  # noqa: BLE001 - queue.Empty
-                return
 
 
 class Node:
@@ -127,13 +79,9 @@ class Node:
         self._stopping = threading.Event()
         self._drain_deadline: float | None = None
         self._next_heartbeat = self._next_poll = 0.0
-        self.is_leader = False
         self.started = threading.Event()
         self._guard_done = threading.Event()
         self._leader_done = threading.Event()
-        self._started_at = time.time()  # for operators: wall clock is fine here
-        self._published_used = 0
-        self._next_member_update = 0.0
         self.endpoints: Endpoints | None = None
 
     @property
@@ -192,11 +140,12 @@ class Node:
             clock=self._clock,
             runner_factory=self._runner_factory,
         )
-        self.steps = NodeSteps(self.ctx, self._member_info)
+        self.publisher = Publisher(self.ctx)
+        self.steps = NodeSteps(self.ctx, self.publisher.member_info)
         self.coord.start()
         check_granted_session(self.coord, self.config, self.log)
         check_tokens(self.coord, self.store)
-        self.coord.register(self._member_info(), wait_for=self.config.session_timeout * 2)
+        self.coord.register(self.publisher.member_info(), wait_for=self.config.session_timeout * 2)
         self._leadership = Leadership(
             self.config, self.coord, self.log, self._leader_done, self._set_leader
         )
@@ -212,19 +161,7 @@ class Node:
         self._watch_drain()
         if self.config.metrics_address:
             self.endpoints = self._serve_endpoints(self.config.metrics_address)
-        self._publish_gauges(self._clock())
-        for plugin in self.registry.available():
-            metrics.start_plugin(plugin)
-        # What this node serves, in the database: the thin client's view (cluster/served.py).
-        self.served = ServedPublisher(
-            PlacementStore(self.store.db),
-            self.config.node_id,
-            self.config.datacenter,
-            self.registry,
-            self.log,
-            deadline=self.config.database_deadline,
-        )
-        self.served.publish_due(self._clock())
+        self.publisher.start(self._clock())
         for problem in self.registry.problems:
             self.log.error("plugin.rejected", problem=problem)
         self.started.set()  # before the event: whoever waits for it finds /readyz ready
@@ -278,25 +215,13 @@ class Node:
 
         self.coord.watch_drain(on_request)
 
-    def _set_leader(self, leading: bool) -> None:
-        self.is_leader = leading
+    @property
+    def is_leader(self) -> bool:
+        publisher = getattr(self, "publisher", None)
+        return publisher is not None and publisher.is_leader
 
-    def _member_info(self) -> dict[str, JsonValue]:
-        active = self.ctx.active if hasattr(self, "ctx") else {}
-        plugins: dict[str, JsonValue] = {
-            name: list[JsonValue](versions) for name, versions in self.registry.available().items()
-        }
-        return {
-            "node_id": self.config.node_id,
-            "datacenter": self.config.datacenter,
-            "slots": self.config.slots,
-            "slots_used": len(active),
-            "plugins": plugins,
-            "taskman_version": taskman.__version__,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started_at": self._started_at,
-        }
+    def _set_leader(self, leading: bool) -> None:
+        self.publisher.is_leader = leading
 
     def _shutdown(self) -> None:
         if self.endpoints is not None:
@@ -326,9 +251,7 @@ class Node:
         steps.outcomes.record_pending()  # every ending drained above, in one transaction
         now = self._clock()
         steps.guard.check_session()
-        self._publish_gauges(now)
-        self._publish_membership(now)
-        self.served.publish_due(now)
+        self.publisher.tick(now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + cfg.heartbeat_interval
             steps.supervisor.heartbeat(now)
@@ -348,25 +271,3 @@ class Node:
             self._next_poll = now if claimed and claimed == wanted else now + cfg.poll_interval
             steps.releases.flush()  # claims the database turned down
         return False
-
-    def _publish_gauges(self, now: float) -> None:
-        active = self.ctx.active
-        metrics.RUNNERS.set(sum(1 for a in active.values() if a.runner.alive))
-        metrics.SLOTS_FREE.set(max(0, self.config.slots - len(active)))
-        metrics.ZK_CONNECTED.set(int(self.ctx.session_healthy()))
-        metrics.IS_LEADER.set(int(self.is_leader))
-        beats = [a.last_beat for a in active.values() if not a.reported and not a.fenced]
-        metrics.OLDEST_HEARTBEAT_AGE.set(now - min(beats) if beats else 0.0)
-
-    def _publish_membership(self, now: float) -> None:
-        used = len(self.ctx.active)
-        if used == self._published_used or now < self._next_member_update:
-            return
-        self._next_member_update = now + MEMBER_UPDATE_INTERVAL
-        if not self.ctx.session_healthy():
-            return
-        try:
-            self.coord.update(self._member_info())
-            self._published_used = used
-        except (KazooException, CoordinationError) as exc:
-            self.log.info("node.membership_update_failed", error=str(exc))

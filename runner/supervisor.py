@@ -28,6 +28,8 @@ from typing import Any
 from taskman.errors import RunnerError
 from taskman.runner import proctree, protocol
 from taskman.runner.zygote import (
+    SPAWN_LOCK,
+    STARTED,
     ForkedProcess,
     ZygotePool,
     ZygoteUnavailableError,
@@ -111,6 +113,7 @@ class Runner:
     _messages_done: threading.Event = field(default_factory=threading.Event)
     _exited: threading.Event = field(default_factory=threading.Event)
     _seen: dict[int, int] = field(default_factory=dict)  # pid seen below the runner: start time
+    _started_ticks: int = 0  # the runner's start time (/proc clock ticks)
     _seen_sessions: set[int] = field(default_factory=set)  # and their sessions
     _reported: bool = False  # a final message came: the runner cleaned up before sending it
 
@@ -182,17 +185,19 @@ class Runner:
         try:
             if self.process is None:
                 self.spawn_mode = "cold"
-                self.process = subprocess.Popen(
-                    [self.spec.python, "-u", CHILD_PATH],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(child_sock.fileno(),),
-                    env=env,
-                    cwd=self.spec.cwd,
-                    start_new_session=True,  # its own process group: stop it and its children together
-                    close_fds=True,
-                )
+                with SPAWN_LOCK:  # registered before anyone may take it for an orphan
+                    self.process = subprocess.Popen(
+                        [self.spec.python, "-u", CHILD_PATH],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        pass_fds=(child_sock.fileno(),),
+                        env=env,
+                        cwd=self.spec.cwd,
+                        start_new_session=True,  # its own process group: stop it and its children together
+                        close_fds=True,
+                    )
+                    STARTED.add(self.process.pid)
         except OSError as exc:
             parent_sock.close()
             raise RunnerError(f"cannot start {self.spec.python}: {exc}") from exc
@@ -201,6 +206,8 @@ class Runner:
         self.pid = self.process.pid
         with _live_lock:
             _live_runners.add(self.pid)
+        ident = proctree.identity(self.pid)
+        self._started_ticks = ident[1] if ident is not None else 0
         tracker = pool or self.zygotes or existing_pool()
         if tracker is not None:
             tracker.track(self.pid)  # orphans left in its session get reaped
@@ -296,6 +303,7 @@ class Runner:
                 self._snapshot()
         with _live_lock:
             _live_runners.discard(self.pid)
+        STARTED.discard(self.pid)
         self.exit_code = code
         self._exited.set()
         self._messages_done.wait(0.05)  # the final message, if it is on its way
@@ -324,21 +332,27 @@ class Runner:
 
         Ours if seen below the runner (same pid and start time), or in the runner's
         session or a session seen below it; never a runner or a zygote of this node.
+        A frozen node (a VM stall) may not have seen them at all: then any other child
+        of this process, in a session not the node's, started since the runner did, is
+        an orphan of a dead runner too (every process the node starts itself is
+        registered in ``STARTED`` as it is forked).
         """
         me = os.getpid()
         sessions = self._seen_sessions | {self.pid}
-        with _live_lock:
-            spared = set(_live_runners)
         pool = self.zygotes or existing_pool()
-        if pool is not None:
-            spared.update(pool.pids())
         killed: list[int] = []
         for _ in range(20):
-            orphans = [
-                pid
-                for pid in proctree.children(me)
-                if pid not in spared and pid not in killed and self._ours(pid, sessions)
-            ]
+            with SPAWN_LOCK:
+                with _live_lock:
+                    spared = set(_live_runners) | STARTED
+                if pool is not None:
+                    spared.update(pool.pids())
+                found = {
+                    pid: proctree.identity(pid)
+                    for pid in proctree.children(me)
+                    if pid not in spared and pid not in killed
+                }
+            orphans = [pid for pid, ident in found.items() if self._ours(pid, ident, sessions)]
             if not orphans:
                 break
             for pid in orphans:
@@ -346,12 +360,12 @@ class Runner:
             killed.extend(orphans)
         proctree.reap(killed)
 
-    def _ours(self, pid: int, sessions: set[int]) -> bool:
-        ident = proctree.identity(pid)
+    def _ours(self, pid: int, ident: tuple[int, int] | None, sessions: set[int]) -> bool:
         if ident is None:
             return False
         session, started = ident
-        return self._seen.get(pid) == started or session in sessions
+        adopted = session != os.getsid(0) and started >= self._started_ticks
+        return self._seen.get(pid) == started or session in sessions or adopted
 
     def _read_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None

@@ -126,17 +126,19 @@ class Zygote:
             }
         )
         try:
-            self.process = subprocess.Popen(
-                [spec.python, "-u", ZYGOTE_PATH],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                pass_fds=(theirs.fileno(),),
-                env=zenv,
-                cwd=spec.cwd,
-                start_new_session=True,  # a runner's killpg never reaches the zygote
-                close_fds=True,
-            )
+            with SPAWN_LOCK:  # registered before anyone may take it for an orphan
+                self.process = subprocess.Popen(
+                    [spec.python, "-u", ZYGOTE_PATH],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(theirs.fileno(),),
+                    env=zenv,
+                    cwd=spec.cwd,
+                    start_new_session=True,  # a runner's killpg never reaches the zygote
+                    close_fds=True,
+                )
+                STARTED.add(self.process.pid)
         except OSError as exc:
             self.control.close()
             raise ZygoteUnavailableError(f"cannot start {spec.python}: {exc}") from exc
@@ -252,6 +254,8 @@ class Zygote:
                 self.process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=5)
+        if self.process.poll() is not None:
+            STARTED.discard(self.process.pid)
         if self.process.stderr is not None:
             self.process.stderr.close()
 
@@ -401,6 +405,13 @@ class ZygotePool:
         for zygote in zygotes:
             zygote.close()
         self._spawner.shutdown(wait=False)
+
+
+# The processes this node started itself (zygotes, cold runners), each registered
+# under SPAWN_LOCK in the same breath as its fork. The node is a child subreaper: a
+# child of it that is in none of these (nor a live runner) is an orphan some runner left.
+SPAWN_LOCK = threading.Lock()
+STARTED: set[int] = set()
 
 
 def _children(pid: int) -> list[int]:

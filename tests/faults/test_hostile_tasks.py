@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,6 +167,35 @@ def test_a_runner_that_exits_abruptly_takes_its_children_along(
     task = wait_terminal(client, task_id, timeout=15)
     assert task.state is TaskState.FAILED and task.error_type == "RunnerCrashed"
     assert "exited with status 0" in (task.error_message or "")
+    assert_no_survivors(pid_file, 2)
+    assert_serving(node, client)
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "cold"])
+def test_orphans_the_node_never_saw_still_die_with_the_attempt(
+    start_node: StartNode, client: Client, tmp_path: Path, pid_file: Path, fork: bool
+) -> None:
+    # Found by the soak: the node frozen (a VM stall, SIGSTOP) while the task starts
+    # children and its runner exits abruptly. The node never saw them below the
+    # runner; the one in a session of its own came to the node and lived on.
+    node = start_node("a", plugin_dirs=plugin_dirs(tmp_path, fork=fork))
+    cue = tmp_path / "cue"
+    task_id = client.submit(
+        "hostile.tasks:spawn_on_cue_and_exit",
+        plugin="hostile",
+        args=[str(pid_file), str(cue)],
+        max_attempts=1,
+    )
+    wait_until(lambda: Path(f"{cue}.waiting").exists(), 15, "the task to start")
+    node.pause()
+    try:
+        cue.touch()
+        wait_until(lambda: len(recorded(pid_file)) == 2, 5, "the task's children")
+        time.sleep(0.3)  # the runner is gone; still short of its watchdog
+    finally:
+        node.resume()
+    task = wait_terminal(client, task_id, timeout=15)
+    assert task.state is TaskState.FAILED and task.error_type == "RunnerCrashed"
     assert_no_survivors(pid_file, 2)
     assert_serving(node, client)
 

@@ -20,7 +20,7 @@ import structlog
 from taskman import Client
 from taskman.cluster.context import NodeContext
 from taskman.cluster.coordination import LocalCoordination
-from taskman.cluster.node import NodeSteps
+from taskman.cluster.steps import NodeSteps
 from taskman.cluster.task_events import node_events
 from taskman.embedded import dev_config, sqlite_dsn, token_floor
 from taskman.plugins import EXAMPLES_DIR, PluginRegistry

@@ -104,6 +104,21 @@ def spawn_and_exit(pid_file: str) -> None:
     os._exit(0)
 
 
+def spawn_on_cue_and_exit(pid_file: str, cue: str) -> None:
+    """Wait for the file ``cue`` (the test freezes the node first), then leave a child in
+    the runner's session and one in its own and end the runner abruptly: all before
+    the node can look at them."""
+    with open(f"{cue}.waiting", "w", encoding="utf-8"):
+        pass
+    while not os.path.exists(cue):
+        time.sleep(0.01)
+    near = subprocess.Popen(["sleep", "300"])
+    far = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    record(pid_file, near.pid, far.pid)
+    time.sleep(0.05)
+    os._exit(0)
+
+
 def spawn_and_sleep(pid_file: str) -> None:
     """Children in and out of the runner's session, then wait (for the node to die)."""
     near = subprocess.Popen(["sleep", "300"])
