@@ -33,6 +33,7 @@ import pwd
 import re
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ KNOWN_KEYS = frozenset(
         "allow_root",
     }
 )
+
+
+# Turns a message into the PluginError that names the manifest's file.
+Fail = Callable[[str], PluginError]
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -106,12 +111,7 @@ class Plugin:
 def load_manifest(directory: Path) -> Plugin:
     """Read ``directory/plugin.toml``; every problem is a PluginError naming the file."""
     path = directory / MANIFEST
-    try:
-        data = tomllib.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise PluginError(f"{path}: no {MANIFEST}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise PluginError(f"{path}: cannot read: {exc}") from None
+    data = _read_toml(path)
 
     def fail(message: str) -> PluginError:
         return PluginError(f"{path}: {message}")
@@ -119,42 +119,11 @@ def load_manifest(directory: Path) -> Plugin:
     unknown = sorted(set(data) - KNOWN_KEYS)
     if unknown:
         raise fail(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(KNOWN_KEYS))})")
-    name = data.get("name")
-    if not isinstance(name, str) or not PLUGIN_NAME.match(name):
-        raise fail(f"'name' must be a plugin name (letters, digits, _ . -), got {name!r}")
-    version = data.get("version")
-    if not isinstance(version, str) or not VERSION.match(version):
-        raise fail(f"'version' must be dotted numbers like \"1.2.0\", got {version!r}")
-
-    python = data.get("python", sys.executable)
-    if not isinstance(python, str) or not python:
-        raise fail("'python' must be the path of an interpreter")
-    python_path = Path(python) if os.path.isabs(python) else (directory / python)
-    if not python_path.exists() or not os.access(python_path, os.X_OK):
-        raise fail(f"interpreter {python} does not exist or is not executable")
-
-    entries = data.get("path", [])
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise fail("'path' must be a list of directories")
-    sys_path = []
-    for entry in entries:
-        resolved = (directory / entry).resolve()
-        if not resolved.is_dir():
-            raise fail(f"path entry {entry!r} is not a directory")
-        sys_path.append(str(resolved))
-
-    env = data.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in env.items()
-    ):
-        raise fail("[env] must map names to strings")
-    functions = data.get("functions")
-    if functions is not None:
-        if not isinstance(functions, list) or not all(isinstance(f, str) for f in functions):
-            raise fail("'functions' must be a list of patterns like \"pkg.module:*\"")
-        for pattern in functions:
-            if ":" not in pattern:
-                raise fail(f"function pattern {pattern!r} must contain ':'")
+    name, version = _name_and_version(data, fail)
+    python_path = _interpreter(data, directory, fail)
+    sys_path = _sys_path(data, directory, fail)
+    env = _env(data, fail)
+    functions = _functions(data, fail)
     description = data.get("description", "")
     try:
         limits, concurrency = _limits_and_caps(data)
@@ -180,7 +149,69 @@ def load_manifest(directory: Path) -> Plugin:
     )
 
 
-def _run_as(data: dict[str, Any], fail: Any) -> tuple[tuple[int, int] | None, bool]:
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise PluginError(f"{path}: no {MANIFEST}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PluginError(f"{path}: cannot read: {exc}") from None
+
+
+def _name_and_version(data: dict[str, Any], fail: Fail) -> tuple[str, str]:
+    name = data.get("name")
+    if not isinstance(name, str) or not PLUGIN_NAME.match(name):
+        raise fail(f"'name' must be a plugin name (letters, digits, _ . -), got {name!r}")
+    version = data.get("version")
+    if not isinstance(version, str) or not VERSION.match(version):
+        raise fail(f"'version' must be dotted numbers like \"1.2.0\", got {version!r}")
+    return name, version
+
+
+def _interpreter(data: dict[str, Any], directory: Path, fail: Fail) -> Path:
+    python = data.get("python", sys.executable)
+    if not isinstance(python, str) or not python:
+        raise fail("'python' must be the path of an interpreter")
+    python_path = Path(python) if os.path.isabs(python) else (directory / python)
+    if not python_path.exists() or not os.access(python_path, os.X_OK):
+        raise fail(f"interpreter {python} does not exist or is not executable")
+    return python_path
+
+
+def _sys_path(data: dict[str, Any], directory: Path, fail: Fail) -> list[str]:
+    entries = data.get("path", [])
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise fail("'path' must be a list of directories")
+    sys_path = []
+    for entry in entries:
+        resolved = (directory / entry).resolve()
+        if not resolved.is_dir():
+            raise fail(f"path entry {entry!r} is not a directory")
+        sys_path.append(str(resolved))
+    return sys_path
+
+
+def _env(data: dict[str, Any], fail: Fail) -> dict[str, Any]:
+    env = data.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in env.items()
+    ):
+        raise fail("[env] must map names to strings")
+    return env
+
+
+def _functions(data: dict[str, Any], fail: Fail) -> list[str] | None:
+    functions = data.get("functions")
+    if functions is not None:
+        if not isinstance(functions, list) or not all(isinstance(f, str) for f in functions):
+            raise fail("'functions' must be a list of patterns like \"pkg.module:*\"")
+        for pattern in functions:
+            if ":" not in pattern:
+                raise fail(f"function pattern {pattern!r} must contain ':'")
+    return functions
+
+
+def _run_as(data: dict[str, Any], fail: Fail) -> tuple[tuple[int, int] | None, bool]:
     """((uid, gid) or None, allow_root) from `user`, `group` and `allow_root`.
 
     A node running as root refuses a plugin that would run as root too, unless

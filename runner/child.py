@@ -279,53 +279,22 @@ def error_message(
 def main() -> None:
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]  # the runner's own folder is not the task's import path
-    fd = int(os.environ.pop("TASKMAN_RUNNER_FD"))
-    become_subreaper()
-    # A handler, not SIGKILL, so the task's children die with us (die() kills them).
-    signal.signal(NODE_DIED_SIGNAL, lambda *_: die("the node died"))
-    die_with_parent(int(os.environ.pop("TASKMAN_NODE_PID")), NODE_DIED_SIGNAL)
-    channel = Channel(socket.socket(fileno=fd))
-    spec = channel.recv()
-    if spec is None or spec.get("t") != "spec":
-        sys.exit(EXIT_PROTOCOL)
-
+    channel, spec = connect_to_node()
     runtime = load_runtime(spec["runtime_path"])
     watchdog = float(spec["watchdog_timeout"])
-    last_ping = [time.monotonic()]
-
-    def serve_node() -> None:
-        # One thread: the node's pings and abort requests in, heartbeats out, and
-        # the watchdog. A thread less to start in every runner.
-        interval = min(float(spec["heartbeat_interval"]), watchdog / 4)
-        next_beat = time.monotonic() + interval
-        while True:
-            try:
-                message = channel.recv(timeout=max(0.0, next_beat - time.monotonic()))
-            except TimeoutError:
-                message = {}
-            except (OSError, ValueError):
-                message = None
-            if message is None:
-                die("node pipe closed")
-                return
-            now = time.monotonic()
-            if message:
-                last_ping[0] = now
-                if message.get("t") == "abort":
-                    runtime._ctx.abort.set()
-            if now >= next_beat:
-                next_beat = now + interval
-                if now - last_ping[0] > watchdog:
-                    die(f"no word from the node for {watchdog:.1f} s")
-                runtime._flush()
-                channel.send({"t": "hb"})
+    last_ping = time.monotonic()
 
     def on_term(signum: int, frame: Any) -> None:
         runtime._ctx.abort.set()
         raise runtime.Terminated("stopped by the node")
 
     signal.signal(signal.SIGTERM, on_term)
-    threading.Thread(target=serve_node, name="node", daemon=True).start()
+    threading.Thread(
+        target=serve_node,
+        args=(channel, spec, runtime, watchdog, last_ping),
+        name="node",
+        daemon=True,
+    ).start()
 
     limits = dict(spec.get("limits") or {})
     apply_limits(limits)
@@ -344,6 +313,56 @@ def main() -> None:
     # (and frees the slot) as soon as it reads this last message.
     kill_descendants()
     channel.send(final)
+
+
+def connect_to_node() -> tuple[Channel, dict[str, Any]]:
+    """Take the node's socket and read the spec, its first message; die with the node."""
+    fd = int(os.environ.pop("TASKMAN_RUNNER_FD"))
+    become_subreaper()
+    # A handler, not SIGKILL, so the task's children die with us (die() kills them).
+    signal.signal(NODE_DIED_SIGNAL, lambda *_: die("the node died"))
+    die_with_parent(int(os.environ.pop("TASKMAN_NODE_PID")), NODE_DIED_SIGNAL)
+    channel = Channel(socket.socket(fileno=fd))
+    spec = channel.recv()
+    if spec is None or spec.get("t") != "spec":
+        sys.exit(EXIT_PROTOCOL)
+    return channel, spec
+
+
+def serve_node(
+    channel: Channel,
+    spec: dict[str, Any],
+    runtime: types.ModuleType,
+    watchdog: float,
+    last_ping: float,
+) -> None:
+    """The node's pings and abort requests in, heartbeats out, and the watchdog.
+
+    One thread does it all: a thread less to start in every runner.
+    """
+    interval = min(float(spec["heartbeat_interval"]), watchdog / 4)
+    next_beat = time.monotonic() + interval
+    while True:
+        try:
+            message = channel.recv(timeout=max(0.0, next_beat - time.monotonic()))
+        except TimeoutError:
+            message = {}
+        except (OSError, ValueError):
+            message = None
+        if message is None:
+            die("node pipe closed")
+            return
+        now = time.monotonic()
+        if message:
+            last_ping = now
+            if message.get("t") == "abort":
+                runtime._ctx.abort.set()
+        if now >= next_beat:
+            next_beat = now + interval
+            if now - last_ping > watchdog:
+                die(f"no word from the node for {watchdog:.1f} s")
+            runtime._flush()
+            channel.send({"t": "hb"})
 
 
 def run_task(

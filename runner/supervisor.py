@@ -169,40 +169,63 @@ class Runner:
         env["PYTHONUNBUFFERED"] = "1"
         pool = None
         if self.spec.fork:
-            pool = self.zygotes if self.zygotes is not None else shared_pool()
-            try:
-                self.process = pool.fork(self.spec, env, _runtime_path(), child_sock)
-                self.spawn_mode = "fork"
-            except ZygoteUnavailableError:
-                self.process = None  # the cold spawn below, as for `fork = false`
-                # A wedged zygote may still fork late: that child must find its socket
-                # closed (and die), never share the cold child's.
-                parent_sock.close()
-                child_sock.close()
-                parent_sock, child_sock = socket.socketpair()
+            pool, parent_sock, child_sock = self._fork(env, parent_sock, child_sock)
         env["TASKMAN_RUNNER_FD"] = str(child_sock.fileno())
         env["TASKMAN_NODE_PID"] = str(os.getpid())
         try:
             if self.process is None:
-                self.spawn_mode = "cold"
-                with SPAWN_LOCK:  # registered before anyone may take it for an orphan
-                    self.process = subprocess.Popen(
-                        [self.spec.python, "-u", CHILD_PATH],
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        pass_fds=(child_sock.fileno(),),
-                        env=env,
-                        cwd=self.spec.cwd,
-                        start_new_session=True,  # its own process group: stop it and its children together
-                        close_fds=True,
-                    )
-                    STARTED.add(self.process.pid)
+                self._cold_spawn(env, child_sock)
         except OSError as exc:
             parent_sock.close()
             raise RunnerError(f"cannot start {self.spec.python}: {exc}") from exc
         finally:
             child_sock.close()
+        self._note_started(pool)
+        # The spec must be the child's first message: other threads (the node's guard
+        # pings) can send only once _sock is set, after it.
+        with contextlib.suppress(OSError):  # a child that died at once: its exit tells why
+            parent_sock.sendall(protocol.encode(self._spec_message()))
+        self.last_heard = time.monotonic()
+        self._sock = parent_sock
+
+    def _fork(
+        self, env: dict[str, str], parent_sock: socket.socket, child_sock: socket.socket
+    ) -> tuple[ZygotePool, socket.socket, socket.socket]:
+        """Fork the runner from its plugin version's zygote, if it can be (the pool used,
+        and the socket pair from now on)."""
+        pool = self.zygotes if self.zygotes is not None else shared_pool()
+        try:
+            self.process = pool.fork(self.spec, env, _runtime_path(), child_sock)
+            self.spawn_mode = "fork"
+        except ZygoteUnavailableError:
+            self.process = None  # the cold spawn below, as for `fork = false`
+            # A wedged zygote may still fork late: that child must find its socket
+            # closed (and die), never share the cold child's.
+            parent_sock.close()
+            child_sock.close()
+            parent_sock, child_sock = socket.socketpair()
+        return pool, parent_sock, child_sock
+
+    def _cold_spawn(self, env: dict[str, str], child_sock: socket.socket) -> None:
+        """Start a fresh interpreter on runner/child.py."""
+        self.spawn_mode = "cold"
+        with SPAWN_LOCK:  # registered before anyone may take it for an orphan
+            self.process = subprocess.Popen(
+                [self.spec.python, "-u", CHILD_PATH],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                cwd=self.spec.cwd,
+                start_new_session=True,  # its own process group: stop it and its children together
+                close_fds=True,
+            )
+            STARTED.add(self.process.pid)
+
+    def _note_started(self, pool: ZygotePool | None) -> None:
+        """Record the started runner: its pid, its start time, the pool that reaps its orphans."""
+        assert self.process is not None
         self.pid = self.process.pid
         with _live_lock:
             _live_runners.add(self.pid)
@@ -211,7 +234,9 @@ class Runner:
         tracker = pool or self.zygotes or existing_pool()
         if tracker is not None:
             tracker.track(self.pid)  # orphans left in its session get reaped
-        spec = {
+
+    def _spec_message(self) -> dict[str, Any]:
+        return {
             "t": "spec",
             "task_id": self.spec.task_id,
             "attempt": self.spec.attempt,
@@ -226,12 +251,6 @@ class Runner:
             "limits": self.spec.limits,
             "run_as": self.spec.run_as,
         }
-        # The spec must be the child's first message: other threads (the node's guard
-        # pings) can send only once _sock is set, after it.
-        with contextlib.suppress(OSError):  # a child that died at once: its exit tells why
-            parent_sock.sendall(protocol.encode(spec))
-        self.last_heard = time.monotonic()
-        self._sock = parent_sock
 
     # -- talk ----------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> bool:

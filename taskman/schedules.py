@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
 from taskman.errors import TaskmanError, ValidationError
-from taskman.validation import DEFAULT_MAX_PAYLOAD, build_task
+from taskman.validation import DEFAULT_MAX_PAYLOAD, NewTask, build_task
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 KEY_PREFIX = "schedule:"  # tasks.idempotency_key of a tick's task: schedule:<name>:<tick>
@@ -320,6 +320,33 @@ def build_spec(
         datacenter=datacenter,
         max_payload=max_payload,
     )
+    when = _check_when(cron, timezone, every, misfire, max_catch_up, misfire_grace, overlap)
+    spec = _assemble(name, task, when)
+    spec.timetable().next_after(datetime(2000, 1, 1, tzinfo=UTC))  # refuses "never fires"
+    return spec
+
+
+class _When(NamedTuple):
+    """A schedule's own fields, checked: when it fires and what it does with late ticks."""
+
+    cron: str | None
+    timezone: str
+    every: int | None
+    misfire: Misfire
+    max_catch_up: int
+    misfire_grace: int
+    overlap: Overlap
+
+
+def _check_when(
+    cron: object,
+    timezone: object,
+    every: object,
+    misfire: object,
+    max_catch_up: object,
+    misfire_grace: object,
+    overlap: object,
+) -> _When:
     if (cron is None) == (every is None):
         raise ValidationError("give exactly one of cron (with a timezone) or every (seconds)")
     zone = check_timezone(timezone)
@@ -337,28 +364,38 @@ def build_spec(
     except ValueError:
         known = ", ".join(o.value for o in Overlap)
         raise ValidationError(f"unknown overlap policy {overlap!r}; known: {known}") from None
-    spec = ScheduleSpec(
+    return _When(
+        cron=expr,
+        timezone=zone.key,
+        every=period,
+        misfire=policy,
+        max_catch_up=_int_in("max_catch_up", max_catch_up, 1, MAX_CATCH_UP),
+        misfire_grace=_int_in("misfire_grace", misfire_grace, 1, 7 * 24 * 3600),
+        overlap=overlapping,
+    )
+
+
+def _assemble(name: str, task: NewTask, when: _When) -> ScheduleSpec:
+    return ScheduleSpec(
         name=name,
         plugin=task.plugin,
         plugin_version=task.plugin_version,
         function=task.function,
         args_json=task.args_json,
         kwargs_json=task.kwargs_json,
-        cron=expr,
-        timezone=zone.key,
-        every=period,
+        cron=when.cron,
+        timezone=when.timezone,
+        every=when.every,
         priority=task.priority,
         timeout=task.timeout,
         max_attempts=task.max_attempts,
         retry_backoff=task.retry_backoff,
         datacenter=task.datacenter,
-        misfire=policy,
-        max_catch_up=_int_in("max_catch_up", max_catch_up, 1, MAX_CATCH_UP),
-        misfire_grace=_int_in("misfire_grace", misfire_grace, 1, 7 * 24 * 3600),
-        overlap=overlapping,
+        misfire=when.misfire,
+        max_catch_up=when.max_catch_up,
+        misfire_grace=when.misfire_grace,
+        overlap=when.overlap,
     )
-    spec.timetable().next_after(datetime(2000, 1, 1, tzinfo=UTC))  # refuses "never fires"
-    return spec
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,33 @@ def build_task(
     fn = check_function(function)
     plugin_name = check_plugin(plugin)
     pinned = check_version(version)
+    args_json, kwargs_json = _encode_arguments(args, kwargs, max_payload)
+    checked_priority = _check_priority(priority)
+    nb, na = _check_window(not_before, not_after, now)
+    return NewTask(
+        request_id=uuid.uuid4().hex,
+        plugin=plugin_name,
+        plugin_version=pinned,
+        function=fn,
+        args_json=args_json,
+        kwargs_json=kwargs_json,
+        priority=checked_priority,
+        datacenter=_check_datacenter(datacenter),
+        not_before=nb,
+        not_after=na,
+        timeout=_positive("timeout", timeout, allow_none=True),
+        max_attempts=_check_attempts(max_attempts),
+        # None: the claiming node's retry_backoff applies.
+        retry_backoff=_positive("retry_backoff", retry_backoff, allow_none=True, allow_zero=True),
+        idempotency_key=_check_key(idempotency_key),
+        limits_json=None if limits is None else encode_json("limits", check_limits(limits)),
+        concurrency_key=_check_concurrency_key(concurrency_key, concurrency_limit),
+        concurrency_limit=check_concurrency_limit("concurrency_limit", concurrency_limit),
+    )
+
+
+def _encode_arguments(args: Any, kwargs: Any, max_payload: int) -> tuple[str, str]:
+    """args and kwargs as JSON, within ``max_payload`` bytes together."""
     if isinstance(args, str | bytes) or not isinstance(args, list | tuple):
         raise ValidationError("args must be a list or tuple")
     if kwargs is None:
@@ -137,12 +164,23 @@ def build_task(
             f"arguments are {size} bytes of JSON, over the limit of {max_payload} bytes; "
             "store large data elsewhere and pass a reference"
         )
+    return args_json, kwargs_json
+
+
+def _check_priority(priority: object) -> int:
     if (
         isinstance(priority, bool)
         or not isinstance(priority, int)
         or not -(2**31) <= priority < 2**31
     ):
         raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
+    return priority
+
+
+def _check_window(
+    not_before: object, not_after: object, now: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """(not_before, not_after) as naive UTC; not_after must be later than both."""
     nb = check_aware("not_before", not_before)
     na = check_aware("not_after", not_after)
     current = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
@@ -150,26 +188,7 @@ def build_task(
         raise ValidationError("not_after must be later than not_before")
     if na is not None and na <= current:
         raise ValidationError(f"not_after {na.isoformat()}Z is already in the past")
-    return NewTask(
-        request_id=uuid.uuid4().hex,
-        plugin=plugin_name,
-        plugin_version=pinned,
-        function=fn,
-        args_json=args_json,
-        kwargs_json=kwargs_json,
-        priority=priority,
-        datacenter=_check_datacenter(datacenter),
-        not_before=nb,
-        not_after=na,
-        timeout=_positive("timeout", timeout, allow_none=True),
-        max_attempts=_check_attempts(max_attempts),
-        # None: the claiming node's retry_backoff applies.
-        retry_backoff=_positive("retry_backoff", retry_backoff, allow_none=True, allow_zero=True),
-        idempotency_key=_check_key(idempotency_key),
-        limits_json=None if limits is None else encode_json("limits", check_limits(limits)),
-        concurrency_key=_check_concurrency_key(concurrency_key, concurrency_limit),
-        concurrency_limit=check_concurrency_limit("concurrency_limit", concurrency_limit),
-    )
+    return nb, na
 
 
 def check_limits(value: object, where: str = "limits") -> dict[str, int]:

@@ -39,7 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cmds = top.add_subparsers(dest="schedule_command", required=True)
+    _register_add(cmds)
+    _register_list(cmds)
+    _register_by_name(cmds)
 
+
+def _register_add(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = cmds.add_parser(
         "add",
         help="add a schedule (the same definition again is a no-op)",
@@ -61,6 +66,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-attempts", type=int, help="attempts before a run fails (default 3)")
     p.add_argument("--retry-backoff", type=float, help="seconds before the first retry")
     p.add_argument("--datacenter", help="run only in this datacenter")
+    _add_tick_policies(p)
+    p.add_argument("--paused", action="store_true", help="create it paused")
+    p.add_argument("--replace", action="store_true", help="replace a different definition")
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=_not_found_is_3(add))
+
+
+def _add_tick_policies(p: argparse.ArgumentParser) -> None:
+    """What `schedule add` does with late ticks and with a tick whose last run still runs."""
     p.add_argument(
         "--misfire",
         choices=[m.value for m in Misfire],
@@ -86,17 +101,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=Overlap.ALLOW.value,
         help="skip: no new run while the previous run is queued or running",
     )
-    p.add_argument("--paused", action="store_true", help="create it paused")
-    p.add_argument("--replace", action="store_true", help="replace a different definition")
-    add_dsn(p)
-    add_json(p)
-    p.set_defaults(handler=_not_found_is_3(add))
 
+
+def _register_list(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = cmds.add_parser("list", help="list schedules")
     add_dsn(p)
     add_json(p)
     p.set_defaults(handler=list_schedules)
 
+
+def _register_by_name(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """show, pause, resume and remove: each takes one schedule's name."""
     for name, handler, text in (
         ("show", show, "show one schedule"),
         ("pause", pause, "stop firing ticks until resumed"),

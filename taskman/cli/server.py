@@ -17,6 +17,13 @@ from taskman.dsn import redact
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_node(sub)
+    _register_db(sub)
+    _register_prune(sub)
+    _register_nodes(sub)
+
+
+def _register_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "node",
         help="run one node in the foreground (logs to stderr)",
@@ -52,6 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(handler=node)
 
+
+def _register_db(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db = sub.add_parser("db", help="database schema")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     p = dbsub.add_parser(
@@ -62,6 +71,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_dsn(p)
     p.set_defaults(handler=migrate)
 
+
+def _register_prune(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "prune",
         help="show what retention will delete (the leader prunes by itself)",
@@ -78,6 +89,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_json(p)
     p.set_defaults(handler=prune)
 
+
+def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("nodes", help="list the live nodes by datacenter, and the leader")
     env_flag(
         p,

@@ -16,7 +16,8 @@ from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from taskman.lab import LabError, MariaDBServer, ZooKeeperEnsemble, free_port
-from taskman.lab import servers as lab_servers
+from taskman.lab.servers import process as lab_process
+from taskman.lab.servers import zookeeper as lab_zookeeper
 
 OP_TIMEOUT = 5.0
 
@@ -174,14 +175,14 @@ def test_missing_binaries_raise_an_actionable_lab_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    monkeypatch.setattr(lab_servers, "_EXTRA_BIN_DIRS", ())
+    monkeypatch.setattr(lab_process, "_EXTRA_BIN_DIRS", ())
     with pytest.raises(LabError, match=r"mariadbd not found.*run scripts/install-deps"):
         MariaDBServer(tmp_path / "db").start()
     with pytest.raises(LabError, match=r"java not found.*run scripts/install-deps"):
         ZooKeeperEnsemble(tmp_path / "zk").start()
 
     monkeypatch.undo()
-    monkeypatch.setattr(lab_servers, "ZOOKEEPER_JARS", (tmp_path / "no-zookeeper.jar",))
+    monkeypatch.setattr(lab_zookeeper, "ZOOKEEPER_JARS", (tmp_path / "no-zookeeper.jar",))
     with pytest.raises(LabError, match=r"jars missing.*run scripts/install-deps"):
         ZooKeeperEnsemble(tmp_path / "zk").start()
 
