@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# Root sessions on the lab's Galera nodes (users, grants, cluster status): the lab
+# may use the driver directly (an allowed exception in tests/unit/test_import_rules.py).
 import pymysql
 
 from taskman.lab.netns import LabNetwork, require_netns, used_subnets

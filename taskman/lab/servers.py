@@ -24,6 +24,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+# The lab stands outside the layers: it provisions servers as their root user and
+# waits for them to serve, so it talks to both drivers directly (an allowed
+# exception in tests/unit/test_import_rules.py).
 import pymysql
 from kazoo.client import KazooClient
 

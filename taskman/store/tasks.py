@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import pymysql
-
 from taskman.errors import (
+    DuplicateKeyError,
     IdempotencyConflictError,
     TaskNotFoundError,
     TaskStateError,
@@ -27,7 +26,6 @@ from taskman.store.backend import Cursor, StoreDatabase, make_database
 from taskman.text import clean_optional, clean_text
 from taskman.validation import NewTask
 
-DUPLICATE_KEY = 1062
 MAX_TAIL = 64 * 1024
 
 
@@ -196,9 +194,8 @@ class TaskStore:
                     ),
                 )
                 return int(cur.lastrowid)
-            except pymysql.err.IntegrityError as exc:
-                if exc.args[0] != DUPLICATE_KEY:
-                    raise
+            except DuplicateKeyError:
+                pass  # this request's row, or the idempotency key's: found below
             found = self._existing(cur, task)
             if found is None:  # the other row was deleted between our INSERT and SELECT
                 raise TransientStoreError("duplicate key, but no row holds it; retrying")
