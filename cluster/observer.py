@@ -58,12 +58,6 @@ class ClusterObserver:
         """The node id of the current leader; None if no node leads (or it cannot be told)."""
         return LeaderElection(self._client, self.paths, "observer").current_leader()
 
-    def is_live(self, node_id: str) -> bool:
-        try:
-            return wait(self._client.exists_async(self.paths.node(node_id))) is not None
-        except KazooException as exc:
-            raise CoordinationError(f"cannot read node {node_id!r}: {exc!r}") from exc
-
     def close(self) -> None:
         with contextlib.suppress(Exception):  # kazoo raises many kinds while closing
             self._client.stop()
