@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from bench.common import summary_ms
+from taskman.models import AttemptCall
 from taskman.plugins import EXAMPLES_DIR, PluginRegistry
 from taskman.runner import Runner, RunnerEvent, RunnerSpec
 
@@ -18,12 +19,7 @@ from taskman.runner import Runner, RunnerEvent, RunnerSpec
 def _spec(task_id: int, fork: bool) -> RunnerSpec:
     plugin = PluginRegistry.scan([EXAMPLES_DIR]).resolve("demo")
     return RunnerSpec(
-        task_id=task_id,
-        attempt=1,
-        fence=task_id,
-        function="demo.tasks:add",
-        args=[1, 2],
-        kwargs={},
+        call=AttemptCall(task_id, 1, task_id, "demo.tasks:add", [1, 2], {}),
         python=plugin.python,
         sys_path=list(plugin.sys_path),
         env=dict(plugin.env),

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from taskman.plugins import Plugin
 from taskman.runner import RunnerSpec
 from taskman.states import Outcome, TaskState
-from taskman.store import Claim
+from taskman.store import Claim, Ending
 from taskman.validation import DEFAULT_RETRY_BACKOFF
 
 
@@ -63,23 +63,6 @@ class ActiveAttempt:
     @property
     def key(self) -> tuple[int, int]:
         return (self.claim.task_id, self.claim.fence)
-
-
-@dataclass(frozen=True)
-class Ending:
-    outcome: Outcome
-    state: TaskState
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
-    result_json: str | None = None
-    retry_delay: float | None = None
-    counts_as_failure: bool = True
-    task_message: str | None = None  # the task's summary, when it differs from the attempt's
-
-    @property
-    def summary(self) -> str | None:
-        return self.error_message if self.task_message is None else self.task_message
 
 
 def backoff(base: float, failures: int, cap: float) -> float:

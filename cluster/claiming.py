@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kazoo.exceptions import KazooException
 
-from taskman.cluster.attempts import ActiveAttempt, Ending
+from taskman.cluster.attempts import ActiveAttempt
 from taskman.cluster.claim_order import claim_order
 from taskman.cluster.concurrency import Permit, cap_for
 from taskman.cluster.context import NodeContext
@@ -24,7 +24,7 @@ from taskman.errors import CoordinationError, PluginError, StoreError
 from taskman.plugins import Plugin
 from taskman.runner import RunnerSpec
 from taskman.states import Outcome, TaskState
-from taskman.store import Candidate, Claim, ClaimRequest
+from taskman.store import Candidate, Claim, ClaimRequest, Ending
 
 
 @dataclass
@@ -52,12 +52,7 @@ class Prepared:
 def runner_spec(claim: Claim, plugin: Plugin, *, heartbeat: float, watchdog: float) -> RunnerSpec:
     """What the runner needs to run one attempt: the claim's call in the plugin's world."""
     return RunnerSpec(
-        task_id=claim.task_id,
-        attempt=claim.attempt,
-        fence=claim.fence,
-        function=claim.function,
-        args=claim.args,
-        kwargs=claim.kwargs,
+        call=claim,
         python=plugin.python,
         sys_path=list(plugin.sys_path),
         env=dict(plugin.env),

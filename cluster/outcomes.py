@@ -8,12 +8,12 @@ let the leader re-run finished work) and is tried again on the next heartbeat.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from taskman.cluster.attempts import (
     ActiveAttempt,
-    Ending,
     ending_from_exit,
     ending_from_message,
     failure_ending,
@@ -24,7 +24,7 @@ from taskman.errors import StoreError
 from taskman.logs import scrub
 from taskman.runner import ORPHANED_EXITS, RunnerEvent, describe_exit
 from taskman.states import Outcome, TaskState
-from taskman.store import Claim, Finish
+from taskman.store import Claim, Ending, Finish
 
 
 @dataclass
@@ -32,29 +32,24 @@ class Unrecorded:
     """An ending waiting for its (batched) write."""
 
     claim: Claim
-    ending: Ending
     record: Finish
     claimed_at: float | None = None
+
+    @property
+    def ending(self) -> Ending:
+        return self.record.ending
 
 
 def finish_record(claim: Claim, ending: Ending, output_tail: str | None) -> Finish:
     """The fenced write of an ending. Task code may print or raise its own secrets
     (plugin env values): they are scrubbed before they reach the table, CLI and UI."""
-    return Finish(
-        task_id=claim.task_id,
-        attempt=claim.attempt,
-        fence=claim.fence,
-        outcome=ending.outcome,
-        task_state=ending.state,
-        result_json=ending.result_json,
-        error_type=ending.error_type,
+    scrubbed = dataclasses.replace(
+        ending,
         error_message=scrub(ending.error_message),
         traceback=scrub(ending.traceback),
-        output_tail=scrub(output_tail),
-        retry_delay=ending.retry_delay,
-        counts_as_failure=ending.counts_as_failure,
-        task_error_message=scrub(ending.summary),
+        task_message=scrub(ending.task_message),
     )
+    return Finish(claim.task_id, claim.attempt, claim.fence, scrubbed, scrub(output_tail))
 
 
 class Outcomes:
@@ -66,7 +61,7 @@ class Outcomes:
 
     # -- runner events ---------------------------------------------------------------
     def handle(self, event: RunnerEvent) -> None:
-        active = self.ctx.active.get(event.runner.spec.task_id)
+        active = self.ctx.active.get(event.runner.spec.call.task_id)
         if active is None or active.runner is not event.runner:
             return
         try:
@@ -171,7 +166,7 @@ class Outcomes:
     ) -> None:
         """Queue an outcome; ``record_pending`` writes every queued one in one transaction."""
         record = finish_record(claim, ending, output_tail)
-        self.to_record.append(Unrecorded(claim, ending, record, claimed_at))
+        self.to_record.append(Unrecorded(claim, record, claimed_at))
 
     def record_pending(self) -> None:
         if not self.to_record:

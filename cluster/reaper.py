@@ -54,7 +54,6 @@ class ReapReport:
     node_lost: int = 0
     heartbeat_lost: int = 0
     expired: int = 0
-    unrunnable: int = 0
 
 
 class Reaper:
@@ -134,7 +133,8 @@ class Reaper:
         expired = self.store.expire_due(role=ROLE, epoch=epoch)
         if expired:
             log.info("tasks.expired", count=expired)
-        return ReapReport(node_lost, heartbeat_lost, expired, self.fail_unplaceable(epoch))
+        self.fail_unplaceable(epoch)  # logs what it failed (tasks.unplaceable)
+        return ReapReport(node_lost, heartbeat_lost, expired)
 
     def _reclaim(self, task: RunningTask, outcome: Outcome, reason: str, epoch: int) -> bool:
         give_up = task.reclaims + 1 > self.max_reclaims

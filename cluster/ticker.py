@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pymysql
 import structlog
 
 from taskman import metrics
@@ -41,7 +40,7 @@ class Ticker:
         report = TickReport()
         try:
             names = self.store.due(self.batch)
-        except (TaskmanError, pymysql.err.MySQLError) as exc:
+        except TaskmanError as exc:
             log.warning("schedule.due_failed", error=str(exc))
             report.failed.append("*")
             return report
@@ -53,7 +52,7 @@ class Ticker:
                 log.warning("schedule.superseded", schedule=name, epoch=epoch, error=str(exc))
                 report.fenced = True
                 return report
-            except (TaskmanError, pymysql.err.MySQLError) as exc:
+            except TaskmanError as exc:
                 log.warning("schedule.fire_failed", schedule=name, error=str(exc))
                 report.failed.append(name)
                 continue

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from taskman.errors import RunnerError
+from taskman.models import AttemptCall
 from taskman.runner import proctree, protocol
 from taskman.runner.zygote import (
     SPAWN_LOCK,
@@ -63,12 +64,9 @@ def _runtime_path() -> str:
 
 @dataclass(frozen=True)
 class RunnerSpec:
-    task_id: int
-    attempt: int
-    fence: int
-    function: str
-    args: list[Any]
-    kwargs: dict[str, Any]
+    """What one runner runs (``call``: the node passes its claim as it is) and how."""
+
+    call: AttemptCall
     python: str
     sys_path: list[str]
     env: dict[str, str]
@@ -107,7 +105,6 @@ class Runner:
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
     _spawned: bool = False  # the child exists (or its start failed for good)
     _pending_signal: int | None = None  # sent before the child existed
-    exit_code: int | None = None
     output_bytes: int = 0
     output_exceeded: bool = False
     _messages_done: threading.Event = field(default_factory=threading.Event)
@@ -124,7 +121,7 @@ class Runner:
         self._spawn()
         with self._state_lock:
             self._spawned = True
-        name = f"runner-{self.spec.task_id}"
+        name = f"runner-{self.spec.call.task_id}"
         threading.Thread(target=self._read_messages, name=name, daemon=True).start()
         threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
         threading.Thread(target=self._watch_exit, name=f"{name}-exit", daemon=True).start()
@@ -138,7 +135,7 @@ class Runner:
         child exists is delivered the moment it does.
         """
         self.started_at = self.last_heard = time.monotonic()
-        name = f"runner-{self.spec.task_id}"
+        name = f"runner-{self.spec.call.task_id}"
         threading.Thread(target=self._launch, name=name, daemon=True).start()
 
     def _launch(self) -> None:
@@ -154,7 +151,7 @@ class Runner:
             pending = self._pending_signal
         if pending is not None:
             self.signal(pending)
-        name = f"runner-{self.spec.task_id}"
+        name = f"runner-{self.spec.call.task_id}"
         threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
         threading.Thread(target=self._watch_exit, name=f"{name}-exit", daemon=True).start()
         self._read_messages()
@@ -238,12 +235,12 @@ class Runner:
     def _spec_message(self) -> dict[str, Any]:
         return {
             "t": "spec",
-            "task_id": self.spec.task_id,
-            "attempt": self.spec.attempt,
-            "fence": self.spec.fence,
-            "function": self.spec.function,
-            "args": self.spec.args,
-            "kwargs": self.spec.kwargs,
+            "task_id": self.spec.call.task_id,
+            "attempt": self.spec.call.attempt,
+            "fence": self.spec.call.fence,
+            "function": self.spec.call.function,
+            "args": self.spec.call.args,
+            "kwargs": self.spec.call.kwargs,
             "sys_path": self.spec.sys_path,
             "runtime_path": _runtime_path(),
             "heartbeat_interval": self.spec.heartbeat_interval,
@@ -323,7 +320,6 @@ class Runner:
         with _live_lock:
             _live_runners.discard(self.pid)
         STARTED.discard(self.pid)
-        self.exit_code = code
         self._exited.set()
         self._messages_done.wait(0.05)  # the final message, if it is on its way
         if not (code == 0 and self._reported and not self._seen):

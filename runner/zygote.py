@@ -53,7 +53,6 @@ PACKET = 65536
 START_TIMEOUT = 30.0  # importing a heavy plugin's preload list may take a while
 FORK_TIMEOUT = 5.0
 RETRY_AFTER = 30.0  # after a zygote failed to start, cold-spawn this long before retrying
-EXIT_FORK_FAILED = 72
 
 
 # -- node side --------------------------------------------------------------------------

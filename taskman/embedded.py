@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from taskman import logs
 from taskman.cluster.coordination import LocalCoordination
 from taskman.cluster.node import Node
+from taskman.cluster.shutdown import stop_on_signals
 from taskman.config import NodeConfig
 from taskman.errors import ConfigError
 from taskman.plugins import EXAMPLES_DIR
 from taskman.store import TaskStore, make_database
 from taskman.store.migrations import migrate
-
-DEFAULT_DB = "taskman-dev.sqlite3"
 
 
 def sqlite_dsn(path: Path) -> str:
@@ -129,15 +126,7 @@ def run_dev(
         config = dev_config(db, plugin_dirs_for(plugins), slots)
         node = Node(config, coordination=lambda cfg: LocalCoordination(cfg, floor))
         server = serve_ui(node, dsn, host, port)
-        stops = 0
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            nonlocal stops
-            stops += 1
-            node.stop(drain=stops == 1, timeout=10.0)
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        stop_on_signals(node, drain_timeout=10.0)
         print(
             f"taskman dev: one node, UI and coordinator in this process\n"
             f"  database: {db}\n"

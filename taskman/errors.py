@@ -1,7 +1,8 @@
 """Every error taskman raises descends from TaskmanError.
 
-Errors that retrying could fix carry ``retryable = True``; tenacity policies in
-taskman retry only those, with jitter and a deadline.
+Errors that retrying could fix carry ``retryable = True``; the store's retry
+policy (``taskman.store.connection.retry_policy``) retries only those, with
+jitter and a deadline.
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ class TransientStoreError(StoreError):
     """Lost connection, deadlock, Galera certification failure: retrying may succeed."""
 
     retryable = True
+
+
+class DuplicateKeyError(StoreError):
+    """A write hit a UNIQUE key that another row holds (MySQL 1062, SQLite UNIQUE).
+
+    The store raises it per statement, whatever the backend, so that the stores
+    can find the row that holds the key inside the same transaction.
+    """
 
 
 class AmbiguousCommitError(TransientStoreError):

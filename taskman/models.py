@@ -1,8 +1,12 @@
-"""What the client returns: plain, frozen views of a task and its attempts."""
+"""Plain, frozen views of a task and its attempts: what the client returns, and the call
+one attempt makes (``AttemptCall``, which the store's claim extends and the runner runs)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +17,89 @@ from taskman.states import Outcome, TaskState
 def _utc(value: datetime | None) -> datetime | None:
     # The store keeps UTC in DATETIME columns; hand out aware datetimes.
     return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _json_or_none(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+# The one mapper of the tasks table: each field a task view may have, the column it
+# is read from and how. Task, the UI's TaskRow and the node's Claim and Candidate all
+# read their rows through ``task_fields``, so a column is decoded the same way everywhere.
+TASK_COLUMNS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "id": ("id", int),
+    "task_id": ("id", int),
+    "state": ("state", TaskState),
+    "plugin": ("plugin", _as_is),
+    "plugin_version": ("plugin_version", _as_is),
+    "function": ("function", _as_is),
+    "args": ("args", json.loads),
+    "kwargs": ("kwargs", json.loads),
+    "priority": ("priority", int),
+    "datacenter": ("datacenter", _as_is),
+    "idempotency_key": ("idempotency_key", _as_is),
+    "not_before": ("not_before", _utc),
+    "not_after": ("not_after", _utc),
+    "run_after": ("run_after", _utc),
+    "timeout": ("timeout_seconds", _as_is),
+    "max_attempts": ("max_attempts", int),
+    "retry_backoff": ("retry_backoff_seconds", _as_is),
+    "limits": ("limits", _json_or_none),
+    "concurrency_key": ("concurrency_key", _as_is),
+    "concurrency_limit": ("concurrency_limit", _as_is),
+    "fence": ("fence", int),
+    "owner": ("owner", _as_is),
+    "owner_datacenter": ("owner_datacenter", _as_is),
+    "attempt": ("attempt", int),
+    "failures": ("failures", int),
+    "reclaims": ("reclaims", int),
+    "heartbeat_at": ("heartbeat_at", _utc),
+    "progress": ("progress", _as_is),
+    "progress_message": ("progress_message", _as_is),
+    "abort_requested": ("abort_requested", bool),
+    "result": ("result", _json_or_none),
+    "error_type": ("error_type", _as_is),
+    "error_message": ("error_message", _as_is),
+    "created_at": ("created_at", _utc),
+    "started_at": ("started_at", _utc),
+    "finished_at": ("finished_at", _utc),
+}
+
+
+@functools.cache
+def _task_plan(view: type) -> tuple[tuple[str, str, Callable[[Any], Any]], ...]:
+    return tuple(
+        (f.name, *TASK_COLUMNS[f.name]) for f in dataclasses.fields(view) if f.name in TASK_COLUMNS
+    )
+
+
+def task_fields(view: type, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of dataclass ``view`` that are tasks columns, decoded from ``row``.
+
+    Fields that are not columns (a task's attempts, a claim's wait) are the caller's.
+    """
+    return {name: decode(row[column]) for name, column, decode in _task_plan(view)}
+
+
+@dataclass(frozen=True)
+class AttemptCall:
+    """Which function attempt ``attempt`` of a task calls, with what, under which token.
+
+    One shape for the node's two sides: ``store.Claim`` extends it with what the node
+    needs to supervise the attempt, and ``runner.RunnerSpec`` carries the claim itself
+    as its ``call``: nothing copies these fields from one to the other.
+    """
+
+    task_id: int
+    attempt: int
+    fence: int
+    function: str
+    args: list[Any]
+    kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -104,45 +191,8 @@ class Task:
         return self.state.terminal
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], attempts: tuple[Attempt, ...] = ()) -> Task:
-        return cls(
-            id=int(row["id"]),
-            state=TaskState(row["state"]),
-            plugin=row["plugin"],
-            plugin_version=row["plugin_version"],
-            function=row["function"],
-            args=json.loads(row["args"]),
-            kwargs=json.loads(row["kwargs"]),
-            priority=int(row["priority"]),
-            datacenter=row["datacenter"],
-            idempotency_key=row["idempotency_key"],
-            not_before=_utc(row["not_before"]),
-            not_after=_utc(row["not_after"]),
-            run_after=_utc(row["run_after"]),
-            timeout=row["timeout_seconds"],
-            max_attempts=int(row["max_attempts"]),
-            retry_backoff=row["retry_backoff_seconds"],
-            limits=None if row["limits"] is None else json.loads(row["limits"]),
-            concurrency_key=row["concurrency_key"],
-            concurrency_limit=row["concurrency_limit"],
-            fence=int(row["fence"]),
-            owner=row["owner"],
-            owner_datacenter=row["owner_datacenter"],
-            attempt=int(row["attempt"]),
-            failures=int(row["failures"]),
-            reclaims=int(row["reclaims"]),
-            heartbeat_at=_utc(row["heartbeat_at"]),
-            progress=row["progress"],
-            progress_message=row["progress_message"],
-            abort_requested=bool(row["abort_requested"]),
-            result=None if row["result"] is None else json.loads(row["result"]),
-            error_type=row["error_type"],
-            error_message=row["error_message"],
-            created_at=_utc(row["created_at"]),
-            started_at=_utc(row["started_at"]),
-            finished_at=_utc(row["finished_at"]),
-            attempts=attempts,
-        )
+    def from_row(cls, row: Mapping[str, Any], attempts: tuple[Attempt, ...] = ()) -> Task:
+        return cls(**task_fields(cls, row), attempts=attempts)
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "attempts"}

@@ -25,7 +25,12 @@ TERMINAL_STATES = frozenset(
     {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.ABORTED, TaskState.EXPIRED}
 )
 
-# Every state change the store makes is one of these; a test pins the table.
+# Every state change the store makes, and no other. tests/unit/test_transitions.py
+# reads each statement's from- and to-state out of the SQL of both backends and
+# compares them with this table; the one statement whose to-state is a parameter
+# (an attempt ending its task as failed or aborted) is checked by the store against
+# it. No node or leader moves a task out of a terminal state: only a retry asked for
+# (``Client.retry``, ``taskman retry``, the UI) queues a failed, aborted or expired one.
 ALLOWED_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.QUEUED: frozenset(
         {TaskState.RUNNING, TaskState.ABORTED, TaskState.EXPIRED, TaskState.FAILED}
@@ -34,9 +39,9 @@ ALLOWED_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
         {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.ABORTED, TaskState.QUEUED}
     ),
     TaskState.SUCCEEDED: frozenset(),
-    TaskState.FAILED: frozenset(),
-    TaskState.ABORTED: frozenset(),
-    TaskState.EXPIRED: frozenset(),
+    TaskState.FAILED: frozenset({TaskState.QUEUED}),
+    TaskState.ABORTED: frozenset({TaskState.QUEUED}),
+    TaskState.EXPIRED: frozenset({TaskState.QUEUED}),
 }
 
 

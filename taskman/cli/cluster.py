@@ -33,60 +33,29 @@ def register(sub: Any) -> None:
 
 
 def rebase_tokens(args: argparse.Namespace) -> int:
-    from kazoo.exceptions import NodeExistsError
-
-    from taskman.cluster import membership
-    from taskman.cluster.layout import ClusterPaths
-    from taskman.cluster.zk import (
-        connect,
-        ensure_namespace,
-        fresh_zxid,
-        read_token_base,
-        wait,
-        zk_security,
-    )
+    from taskman.cluster import admin
     from taskman.config import load_config
-    from taskman.errors import ConfigError, CoordinationError
+    from taskman.errors import ConfigError
     from taskman.store import TaskStore, make_database
 
     if not args.config:
         raise ConfigError("rebase-tokens needs --config (the database and the ensemble)")
     config = load_config(args.config)
-    paths = ClusterPaths(config.cluster)
     store = TaskStore(make_database(config.dsn))
-    client = connect(config.zookeeper, 10.0, security=zk_security(config))
     try:
-        ensure_namespace(client, paths, insecure=config.insecure)
-        live = membership.members(client, paths)
-        if live and not args.force:
-            names = ", ".join(str(m.get("node_id")) for m in live)
-            raise CoordinationError(
-                f"nodes are running ({names}): stop every node first, or pass --force"
-            )
-        highest = store.max_token()
-        current = read_token_base(client, paths)
-        zxid = fresh_zxid(client, paths)
-        # Every later zxid is larger than this one, so base + zxid > highest for good.
-        base = max(current, highest - zxid + 1)
-        if base != current:
-            data = str(base).encode()
-            try:
-                wait(client.create_async(paths.token_base, data))
-            except NodeExistsError:
-                wait(client.set_async(paths.token_base, data))
+        done = admin.rebase_tokens(config, store, force=args.force)
     finally:
-        client.stop()
-        client.close()
         store.close()
-    result = {
-        "database_highest_token": highest,
-        "zookeeper_zxid": zxid,
-        "token_base": base,
-        "changed": base != current,
-    }
     if args.json:
-        emit(result)
+        emit(
+            {
+                "database_highest_token": done.highest,
+                "zookeeper_zxid": done.zxid,
+                "token_base": done.base,
+                "changed": done.changed,
+            }
+        )
     else:
-        state = "raised" if result["changed"] else "already high enough"
-        print(f"token base {base} ({state}); next tokens exceed {highest}")
+        state = "raised" if done.changed else "already high enough"
+        print(f"token base {done.base} ({state}); next tokens exceed {done.highest}")
     return int(Exit.OK)

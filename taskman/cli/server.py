@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
-from types import FrameType
 
 from taskman import logs
 from taskman.cli.common import add_dsn, add_json, emit, env_flag, require_dsn
@@ -107,6 +104,7 @@ def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def node(args: argparse.Namespace) -> int:
     from taskman.cluster.node import Node
+    from taskman.cluster.shutdown import stop_on_signals
     from taskman.config import load_config
 
     if args.action == "drain":
@@ -115,15 +113,7 @@ def node(args: argparse.Namespace) -> int:
     drain_timeout = config.drain_timeout if args.drain_timeout is None else args.drain_timeout
     logs.configure(config.log_level, config.log_format)
     instance = Node(config)
-    stops = 0
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stops
-        stops += 1
-        instance.stop(drain=stops == 1, timeout=drain_timeout)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(instance, drain_timeout)
     instance.run()
     return int(Exit.OK)
 
@@ -143,27 +133,14 @@ def _cluster_target(args: argparse.Namespace) -> tuple[str, str, str | None, ZkS
 
 
 def drain(args: argparse.Namespace) -> int:
-    from kazoo.exceptions import NodeExistsError
-
-    from taskman.cluster.layout import ClusterPaths
-    from taskman.cluster.zk import connect, wait
-    from taskman.errors import ConfigError, TaskNotFoundError
+    from taskman.cluster.admin import request_drain
+    from taskman.errors import ConfigError
 
     hosts, cluster, own_id, security = _cluster_target(args)
     node_id = args.node_id or own_id
     if not node_id:
         raise ConfigError("drain which node? pass its node id")
-    paths = ClusterPaths(cluster)
-    client = connect(hosts, 10.0, security=security)
-    try:
-        if wait(client.exists_async(paths.node(node_id))) is None:
-            raise TaskNotFoundError(f"no live node {node_id!r} in cluster {cluster!r}")
-        wait(client.ensure_path_async(paths.drain_requests))
-        with contextlib.suppress(NodeExistsError):  # already asked
-            wait(client.create_async(paths.drain(node_id), b"drain"))
-    finally:
-        client.stop()
-        client.close()
+    request_drain(hosts, cluster, node_id, security)
     print(f"asked {node_id} to drain: it stops claiming, lets running tasks finish, then exits")
     return int(Exit.OK)
 
@@ -218,20 +195,12 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def nodes(args: argparse.Namespace) -> int:
-    from taskman.cluster import membership
-    from taskman.cluster.election import LeaderElection
-    from taskman.cluster.layout import ClusterPaths
-    from taskman.cluster.zk import connect
+    from taskman.cluster.observer import ClusterObserver
 
     hosts, cluster, _, security = _cluster_target(args)
-    paths = ClusterPaths(cluster)
-    client = connect(hosts, 10.0, security=security)
-    try:
-        found = membership.members(client, paths) if client.exists(paths.nodes) else []
-        leader = LeaderElection(client, paths, "observer").current_leader()
-    finally:
-        client.stop()
-        client.close()
+    with ClusterObserver(hosts, cluster, security) as observer:
+        found = observer.members()
+        leader = observer.leader()
     for info in found:
         info["leader"] = info.get("node_id") == leader
     if args.json:

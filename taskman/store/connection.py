@@ -24,8 +24,10 @@ from taskman.dsn import MySQLDSN, parse_dsn
 from taskman.errors import (
     AccessDeniedError,
     AmbiguousCommitError,
+    DuplicateKeyError,
     SchemaError,
     StoreError,
+    TaskmanError,
     TransientStoreError,
 )
 from taskman.store import queries as q
@@ -53,6 +55,7 @@ TRANSIENT_CODES = frozenset(
 )
 AMBIGUOUS_CODES = frozenset({1180})  # error during COMMIT: outcome unknown
 NO_SUCH_TABLE = 1146  # the schema is older than the code: `taskman db migrate`
+DUPLICATE_KEY = 1062
 DENIED_CODES = frozenset(
     {
         1044,  # access denied to the database
@@ -64,15 +67,20 @@ DENIED_CODES = frozenset(
 
 
 def classify(exc: BaseException) -> BaseException:
-    """Map a PyMySQL error onto taskman's errors; anything else stays as it is."""
-    if isinstance(exc, TransientStoreError):
+    """Map a PyMySQL error onto taskman's errors; anything else stays as it is.
+
+    No PyMySQL error leaves the store: callers see ``StoreError`` and its kinds only.
+    """
+    if isinstance(exc, TaskmanError):
         return exc
     if isinstance(exc, pymysql.err.InterfaceError):
         return TransientStoreError(f"database connection closed: {exc}")
-    if not isinstance(exc, pymysql.err.MySQLError) or not exc.args:
+    if not isinstance(exc, pymysql.err.MySQLError):
         return exc
+    if not exc.args:
+        return StoreError(f"database error: {exc!r}")
     code = exc.args[0]
-    kind: type[StoreError] | None = StoreError
+    kind: type[StoreError] = StoreError
     if code in AMBIGUOUS_CODES:
         kind, text = AmbiguousCommitError, f"commit outcome unknown ({code})"
     elif code in TRANSIENT_CODES:
@@ -81,13 +89,42 @@ def classify(exc: BaseException) -> BaseException:
         kind, text = AccessDeniedError, f"the database refused ({code})"
     elif code == NO_SUCH_TABLE:
         kind, text = SchemaError, f"database error {code}"
-    elif isinstance(exc, pymysql.err.IntegrityError):
-        kind, text = None, ""  # duplicate keys stay PyMySQL's, for the stores that expect them
+    elif code == DUPLICATE_KEY:
+        kind, text = DuplicateKeyError, f"duplicate key ({code})"
     else:
         # A code nobody listed (1290 read-only, a TLS error at reconnect, ...) is still
         # the database refusing: callers handle StoreError, so no loop dies of it.
         text = f"database error {code}"
-    return exc if kind is None else kind(f"{text}: {exc.args[-1]}")
+    return kind(f"{text}: {exc.args[-1]}")
+
+
+class MySQLCursor:
+    """PyMySQL's cursor as the stores see it: a duplicate key is taskman's DuplicateKeyError.
+
+    Translated per statement, not at COMMIT: a store catches the duplicate inside
+    its transaction to find the row that holds the key (the SQLite cursor does the same).
+    """
+
+    def __init__(self, cur: pymysql.cursors.DictCursor) -> None:
+        self._cur = cur
+
+    @property
+    def lastrowid(self) -> int:
+        return int(self._cur.lastrowid)
+
+    def execute(self, query: str, args: Any = None) -> int:
+        try:
+            return int(self._cur.execute(query, args))
+        except pymysql.err.IntegrityError as exc:
+            if exc.args and exc.args[0] == DUPLICATE_KEY:
+                raise classify(exc) from exc
+            raise
+
+    def fetchone(self) -> dict[str, Any] | None:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return list(self._cur.fetchall())
 
 
 def tls_options(dsn: MySQLDSN) -> dict[str, Any]:
@@ -120,7 +157,7 @@ def retry_policy(deadline: float) -> Retrying:
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, TransientStoreError)
+    return isinstance(exc, TaskmanError) and exc.retryable
 
 
 class Database:
@@ -207,11 +244,11 @@ class Database:
 
     # -- transactions ----------------------------------------------------
     @contextmanager
-    def _transaction(self) -> Iterator[pymysql.cursors.DictCursor]:
+    def _transaction(self) -> Iterator[MySQLCursor]:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                yield cur
+                yield MySQLCursor(cur)
             self._commit(conn)
         except BaseException as exc:
             mapped = classify(exc)
@@ -219,16 +256,17 @@ class Database:
                 # The connection may be half-broken or the transaction aborted by
                 # Galera; a fresh connection is the only safe state.
                 self._discard()
-                raise mapped from exc
-            if isinstance(mapped, StoreError):
+            elif isinstance(mapped, StoreError):
                 with suppress(pymysql.err.Error):
                     conn.rollback()
-                raise mapped from exc
-            try:
-                conn.rollback()
-            except pymysql.err.Error:
-                self._discard()
-            raise
+            else:
+                try:
+                    conn.rollback()
+                except pymysql.err.Error:
+                    self._discard()
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     def _commit(self, conn: Connection[pymysql.cursors.DictCursor]) -> None:
         try:
@@ -241,16 +279,16 @@ class Database:
                 raise AmbiguousCommitError(f"connection lost during COMMIT: {exc}") from exc
             raise
 
-    def run_once(self, fn: Callable[[pymysql.cursors.DictCursor], T]) -> T:
+    def run_once(self, fn: Callable[[MySQLCursor], T]) -> T:
         with self._lock, self._transaction() as cur:
             return fn(cur)
 
     def run(
         self,
-        fn: Callable[[pymysql.cursors.DictCursor], T],
+        fn: Callable[[MySQLCursor], T],
         *,
         deadline: float | None = None,
-        on_ambiguous: Callable[[pymysql.cursors.DictCursor], T | None] | None = None,
+        on_ambiguous: Callable[[MySQLCursor], T | None] | None = None,
     ) -> T:
         """Run ``fn`` in a transaction, retrying transient errors with jitter until a deadline.
 
@@ -276,15 +314,15 @@ class Database:
         return retry_policy(self.retry_deadline if deadline is None else deadline)(attempt)
 
     def query(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
-        def fn(cur: pymysql.cursors.DictCursor) -> list[dict[str, Any]]:
+        def fn(cur: MySQLCursor) -> list[dict[str, Any]]:
             cur.execute(sql, args)
-            return list(cur.fetchall())
+            return cur.fetchall()
 
         return self.run(fn)
 
     def execute(self, sql: str, args: Any = None) -> int:
-        def fn(cur: pymysql.cursors.DictCursor) -> int:
-            return int(cur.execute(sql, args))
+        def fn(cur: MySQLCursor) -> int:
+            return cur.execute(sql, args)
 
         return self.run(fn)
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskman.errors import ValidationError
+from taskman.models import task_fields
 from taskman.states import TaskState
 from taskman.store.backend import StoreDatabase, make_database
 
@@ -89,29 +90,7 @@ class TaskRow:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> TaskRow:
-        return cls(
-            id=int(row["id"]),
-            state=TaskState(row["state"]),
-            plugin=row["plugin"],
-            plugin_version=row["plugin_version"],
-            function=row["function"],
-            datacenter=row["datacenter"],
-            owner=row["owner"],
-            owner_datacenter=row["owner_datacenter"],
-            attempt=int(row["attempt"]),
-            max_attempts=int(row["max_attempts"]),
-            failures=int(row["failures"]),
-            reclaims=int(row["reclaims"]),
-            progress=row["progress"],
-            progress_message=row["progress_message"],
-            abort_requested=bool(row["abort_requested"]),
-            idempotency_key=row["idempotency_key"],
-            error_type=row["error_type"],
-            error_message=row["error_message"],
-            created_at=_utc(row["created_at"]),
-            started_at=_utc(row["started_at"]),
-            finished_at=_utc(row["finished_at"]),
-        )
+        return cls(**task_fields(cls, row))
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import pymysql
-
-from taskman.errors import FencedError, TaskmanError, TransientStoreError
+from taskman.errors import DuplicateKeyError, FencedError, TaskmanError, TransientStoreError
 from taskman.schedules import (
     KEY_PREFIX,
     Misfire,
@@ -31,7 +29,6 @@ from taskman.schedules import (
 )
 from taskman.store.backend import Cursor, StoreDatabase, make_database
 
-DUPLICATE_KEY = 1062
 ACTIVE_STATES = ("queued", "running")
 
 
@@ -159,9 +156,7 @@ class ScheduleStore:
                     cur.execute(
                         self.q.INSERT_SCHEDULE, (spec.name, *_spec_values(spec), int(paused), first)
                     )
-                except pymysql.err.IntegrityError as exc:
-                    if exc.args[0] != DUPLICATE_KEY:
-                        raise
+                except DuplicateKeyError:
                     # A concurrent add of the same name won: compare with its row.
                     raise TransientStoreError("schedule added concurrently; retrying") from None
             elif not _spec(row).same_as(spec):
@@ -360,9 +355,8 @@ class ScheduleStore:
                 ),
             )
             return int(cur.lastrowid), True
-        except pymysql.err.IntegrityError as exc:
-            if exc.args[0] != DUPLICATE_KEY:
-                raise
+        except DuplicateKeyError:
+            pass  # the tick's task exists: its id is read below
         cur.execute(self.q.TASK_ID_BY_KEY, (key,))
         row = cur.fetchone()
         if row is None:  # the holder of the key was deleted in between

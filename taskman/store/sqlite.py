@@ -31,10 +31,15 @@ from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import pymysql
 import structlog
 
-from taskman.errors import ConfigError, SchemaError, StoreError, TransientStoreError
+from taskman.errors import (
+    ConfigError,
+    DuplicateKeyError,
+    SchemaError,
+    StoreError,
+    TransientStoreError,
+)
 from taskman.store import queries_sqlite
 from taskman.store.connection import retry_policy
 
@@ -43,7 +48,6 @@ T = TypeVar("T")
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-DUPLICATE_KEY = 1062  # the stores' duplicate-key path speaks PyMySQL's error shape
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,14 @@ def _diff_us(start: str | None, end: str | None) -> int | None:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def classify(exc: sqlite3.Error) -> BaseException:
-    """Map a sqlite3 error onto the errors the stores already handle."""
+def classify(exc: sqlite3.Error) -> StoreError:
+    """Map a sqlite3 error onto taskman's errors, as ``connection.classify`` maps PyMySQL's."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None and code & 0xFF in _BUSY_CODES:
         return TransientStoreError(f"database busy: {exc}")
     if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in str(exc):
-        # The stores catch PyMySQL's duplicate key (1062) to find the existing row.
-        return pymysql.err.IntegrityError(DUPLICATE_KEY, str(exc))
+        # The stores catch it to find the row that holds the key.
+        return DuplicateKeyError(f"duplicate key: {exc}")
     if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("no such table"):
         return SchemaError(f"SQLite error: {exc}")  # older than the code: `taskman db migrate`
     return StoreError(f"SQLite error: {exc}")

@@ -12,22 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import pymysql
-
 from taskman.errors import (
+    DuplicateKeyError,
     IdempotencyConflictError,
     TaskNotFoundError,
     TaskStateError,
     TransientStoreError,
     ValidationError,
 )
-from taskman.models import Attempt, Task
-from taskman.states import Outcome, TaskState
+from taskman.models import Attempt, AttemptCall, Task, task_fields
+from taskman.states import ALLOWED_TRANSITIONS, Outcome, TaskState
 from taskman.store.backend import Cursor, StoreDatabase, make_database
 from taskman.text import clean_optional, clean_text
 from taskman.validation import NewTask
 
-DUPLICATE_KEY = 1062
 MAX_TAIL = 64 * 1024
 
 
@@ -46,17 +44,11 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Claim:
-    """What a node needs to run the attempt it just claimed."""
+class Claim(AttemptCall):
+    """What a node needs to run the attempt it just claimed: the call, and how to supervise it."""
 
-    task_id: int
-    attempt: int
-    fence: int
     plugin: str
     plugin_version: str | None
-    function: str
-    args: list[Any]
-    kwargs: dict[str, Any]
     timeout: float | None
     max_attempts: int
     failures: int
@@ -79,56 +71,52 @@ class ClaimRequest:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How an attempt ended, and what that makes of its task (``cluster/attempts.py`` decides)."""
+
+    outcome: Outcome
+    state: TaskState  # the task's next state; QUEUED: run again after ``retry_delay``
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    result_json: str | None = None
+    retry_delay: float | None = None
+    counts_as_failure: bool = True
+    task_message: str | None = None  # the task's summary, when it differs from the attempt's
+
+    @property
+    def summary(self) -> str | None:
+        """The message the task row keeps (the attempt row keeps ``error_message``)."""
+        return self.error_message if self.task_message is None else self.task_message
+
+
+@dataclass(frozen=True)
 class Finish:
-    """How one attempt ended, as the node records it (fenced by ``fence``)."""
+    """One ending to record for attempt ``attempt`` of a task, fenced by ``fence``."""
 
     task_id: int
     attempt: int
     fence: int
-    outcome: Outcome
-    task_state: TaskState  # QUEUED: retry after ``retry_delay``
-    result_json: str | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
+    ending: Ending
     output_tail: str | None = None
-    retry_delay: float | None = None
-    counts_as_failure: bool = True
-    task_error_message: str | None = None  # the task row's message, when not error_message
 
 
 def _storable(r: Finish) -> Finish:
     """The record with its text cut to its columns and free of what no column takes."""
-    return dataclasses.replace(
-        r,
-        error_type=clean_optional(r.error_type, 255),
-        error_message=clean_optional(r.error_message, 60_000 // 4),
-        traceback=clean_optional(r.traceback),
-        output_tail=clean_optional(r.output_tail),
-        task_error_message=clean_optional(r.task_error_message, 60_000 // 4),
+    ending = dataclasses.replace(
+        r.ending,
+        error_type=clean_optional(r.ending.error_type, 255),
+        error_message=clean_optional(r.ending.error_message, 60_000 // 4),
+        traceback=clean_optional(r.ending.traceback),
+        task_message=clean_optional(r.ending.task_message, 60_000 // 4),
     )
+    return dataclasses.replace(r, ending=ending, output_tail=clean_optional(r.output_tail))
 
 
 def _claim_from(row: dict[str, Any] | None, fence: int) -> Claim | None:
     if row is None or int(row["fence"]) != fence:
         return None
-    return Claim(
-        task_id=int(row["id"]),
-        attempt=int(row["attempt"]),
-        fence=fence,
-        plugin=row["plugin"],
-        plugin_version=row["plugin_version"],
-        function=row["function"],
-        args=json.loads(row["args"]),
-        kwargs=json.loads(row["kwargs"]),
-        timeout=row["timeout_seconds"],
-        max_attempts=int(row["max_attempts"]),
-        failures=int(row["failures"]),
-        retry_backoff=row["retry_backoff_seconds"],
-        abort_requested=bool(row["abort_requested"]),
-        limits=None if row["limits"] is None else json.loads(row["limits"]),
-        waited=max(0, int(row["wait_us"] or 0)) / 1e6,
-    )
+    return Claim(**task_fields(Claim, row), waited=max(0, int(row["wait_us"] or 0)) / 1e6)
 
 
 @dataclass(frozen=True)
@@ -196,9 +184,8 @@ class TaskStore:
                     ),
                 )
                 return int(cur.lastrowid)
-            except pymysql.err.IntegrityError as exc:
-                if exc.args[0] != DUPLICATE_KEY:
-                    raise
+            except DuplicateKeyError:
+                pass  # this request's row, or the idempotency key's: found below
             found = self._existing(cur, task)
             if found is None:  # the other row was deleted between our INSERT and SELECT
                 raise TransientStoreError("duplicate key, but no row holds it; retrying")
@@ -362,19 +349,7 @@ class TaskStore:
                 args.extend(pair)
         sql = self.q.CANDIDATES.format(plugins=" OR ".join(terms), blocked=blocked)
         rows = self.db.query(sql, [*args, limit])
-        return [
-            Candidate(
-                int(r["id"]),
-                int(r["attempt"]),
-                r["plugin"],
-                r["plugin_version"],
-                r["function"],
-                r["concurrency_key"],
-                r["concurrency_limit"],
-                int(r["priority"]),
-            )
-            for r in rows
-        ]
+        return [Candidate(**task_fields(Candidate, r)) for r in rows]
 
     def claim(
         self,
@@ -478,13 +453,12 @@ class TaskStore:
     def progress(self, task_id: int, fence: int, fraction: float, message: str) -> bool:
         return self.db.execute(self.q.PROGRESS, (fraction, message[:1000], task_id, fence)) == 1
 
-    def finish(self, **fields: Any) -> bool:
-        """Record how one attempt ended (the fields of ``Finish``), fenced.
+    def finish(self, record: Finish) -> bool:
+        """Record how one attempt ended, fenced; False when the token is stale (nothing written).
 
-        ``task_state`` QUEUED means: retry after ``retry_delay``. Returns False when
-        the token is stale: nothing was written.
+        An ending whose state is QUEUED means: run the task again after ``retry_delay``.
         """
-        return self.finish_many([Finish(**fields)])[0]
+        return self.finish_many([record])[0]
 
     def finish_many(self, records: list[Finish]) -> list[bool]:
         """Record a batch of endings in one transaction, each fenced on its own.
@@ -493,6 +467,13 @@ class TaskStore:
         """
         if not records:
             return []
+        for record in records:
+            # FINISH_FAILED takes its state as a parameter: the table decides, not the caller.
+            if record.ending.state not in ALLOWED_TRANSITIONS[TaskState.RUNNING]:
+                raise ValidationError(
+                    f"task {record.task_id}: an attempt cannot leave its task "
+                    f"{record.ending.state.value}"
+                )
         # Text from task code: one unstorable string must not fail the whole batch.
         records = [_storable(record) for record in records]
 
@@ -510,29 +491,30 @@ class TaskStore:
                 for row in cur.fetchall()
             }
             applied = [
-                ended.get((r.task_id, r.attempt, r.fence)) == r.outcome.value for r in records
+                ended.get((r.task_id, r.attempt, r.fence)) == r.ending.outcome.value
+                for r in records
             ]
             return applied if any(applied) else None
 
         return self.db.run(fn, on_ambiguous=reread)
 
     def _finish_one(self, cur: Cursor, r: Finish) -> bool:
-        task_message = r.error_message if r.task_error_message is None else r.task_error_message
-        if r.task_state is TaskState.SUCCEEDED:
-            changed = cur.execute(self.q.FINISH_SUCCEEDED, (r.result_json, r.task_id, r.fence))
-        elif r.task_state is TaskState.QUEUED:
-            micros = int((r.retry_delay or 0.0) * 1_000_000)
+        e = r.ending
+        if e.state is TaskState.SUCCEEDED:
+            changed = cur.execute(self.q.FINISH_SUCCEEDED, (e.result_json, r.task_id, r.fence))
+        elif e.state is TaskState.QUEUED:
+            micros = int((e.retry_delay or 0.0) * 1_000_000)
             # A failure of the task counts against max_attempts; an attempt the
             # node gave up (self-fencing, shutdown) counts as a reclaim instead.
             changed = cur.execute(
                 self.q.FINISH_RETRY,
                 (
-                    int(r.counts_as_failure),
-                    int(not r.counts_as_failure),
-                    int(r.counts_as_failure),  # only a failure waits a backoff ...
+                    int(e.counts_as_failure),
+                    int(not e.counts_as_failure),
+                    int(e.counts_as_failure),  # only a failure waits a backoff ...
                     micros,  # ... else run_after stays: the task keeps its place in line
-                    r.error_type,
-                    task_message,
+                    e.error_type,
+                    e.summary,
                     r.task_id,
                     r.fence,
                 ),
@@ -541,10 +523,10 @@ class TaskStore:
             changed = cur.execute(
                 self.q.FINISH_FAILED,
                 (
-                    r.task_state.value,
-                    int(r.counts_as_failure),
-                    r.error_type,
-                    task_message,
+                    e.state.value,
+                    int(e.counts_as_failure),
+                    e.error_type,
+                    e.summary,
                     r.task_id,
                     r.fence,
                 ),
@@ -555,10 +537,10 @@ class TaskStore:
         cur.execute(
             self.q.END_ATTEMPT,
             (
-                r.outcome.value,
-                r.error_type,
-                r.error_message,
-                r.traceback,
+                e.outcome.value,
+                e.error_type,
+                e.error_message,
+                e.traceback,
                 tail,
                 r.task_id,
                 r.attempt,

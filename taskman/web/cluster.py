@@ -8,14 +8,17 @@ re-queues those at session expiry).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskman.errors import CoordinationError
+
+if TYPE_CHECKING:  # imported when used: a UI without ZooKeeper never loads kazoo
+    from taskman.cluster.observer import ClusterObserver
+    from taskman.cluster.zk import ZkSecurity
 
 RECONNECT_AFTER = 5.0  # seconds between connection attempts while ZooKeeper is down
 FORGET_LOST_AFTER = 3600.0  # a lost node leaves the dashboard an hour after it was last seen
@@ -74,14 +77,14 @@ class ClusterView:
         self,
         hosts: str | None,
         cluster: str,
-        security: Any = None,
+        security: ZkSecurity | None = None,
         members: Callable[[], tuple[list[dict[str, Any]], str | None]] | None = None,
     ) -> None:
         self.members = members
         self.hosts = hosts
         self.cluster = cluster
-        self.security = security  # a taskman.cluster.zk.ZkSecurity: the cluster's znodes have ACLs
-        self._client: Any = None
+        self.security = security  # the cluster's znodes have ACLs: read them as the cluster
+        self._observer: ClusterObserver | None = None
         self._lock = threading.Lock()
         self._next_try = 0.0
         self._seen: dict[str, NodeView] = {}
@@ -91,26 +94,26 @@ class ClusterView:
             self._drop()
 
     def _drop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):  # kazoo raises many kinds while closing
-                client.stop()
-                client.close()
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.close()
 
-    def _connected(self) -> Any:
-        from taskman.cluster.zk import connect
+    def _connected(self) -> ClusterObserver:
+        from taskman.cluster.observer import ClusterObserver
 
-        if self._client is not None and self._client.connected:
-            return self._client
+        if self._observer is not None and self._observer.connected:
+            return self._observer
         self._drop()
         if time.monotonic() < self._next_try:
             raise CoordinationError(f"cannot reach ZooKeeper at {self.hosts}; retrying shortly")
         try:
-            self._client = connect(str(self.hosts), 10.0, security=self.security, start_timeout=3.0)
+            self._observer = ClusterObserver(
+                str(self.hosts), self.cluster, self.security, start_timeout=3.0
+            )
         except CoordinationError:
             self._next_try = time.monotonic() + RECONNECT_AFTER
             raise
-        return self._client
+        return self._observer
 
     def snapshot(self, running: dict[tuple[str, str], int]) -> ClusterSnapshot:
         """``running``: (node, datacenter) -> running tasks the database says it owns."""
@@ -119,23 +122,12 @@ class ClusterView:
             return self._assemble(found, leader, running, None, True)
         if not self.hosts:
             return self._assemble([], None, running, "ZooKeeper is not configured", False)
-        from kazoo.exceptions import KazooException
-
-        from taskman.cluster import membership
-        from taskman.cluster.election import LeaderElection
-        from taskman.cluster.layout import ClusterPaths
-
-        paths = ClusterPaths(self.cluster)
         with self._lock:
             try:
-                client = self._connected()
-                found = membership.members(client, paths) if client.exists(paths.nodes) else []
-                # kazoo's Lock creates its path when asked for contenders: a read-only
-                # viewer must not create the cluster's znodes (with its own ACL, or none).
-                leader = None
-                if client.exists(paths.leader):
-                    leader = LeaderElection(client, paths, "taskman-ui").current_leader()
-            except (CoordinationError, KazooException) as exc:
+                observer = self._connected()
+                found = observer.members()
+                leader = observer.leader()
+            except CoordinationError as exc:
                 self._drop()
                 return self._assemble([], None, running, str(exc) or type(exc).__name__, True)
             return self._assemble(found, leader, running, None, True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from taskman import Client, Outcome, TaskState
-from taskman.store import RunningTask, TaskStore
+from taskman.store import Ending, Finish, RunningTask, TaskStore
 from tests.integration.backends import seconds_from_now, shift
 from tests.integration.cluster_support import FAST_NODE, wait_until
 from tests.integration.conftest import StartNode
@@ -83,15 +83,19 @@ def test_an_attempt_the_node_gave_up_keeps_its_place(store_dsn: str, store: Task
     later = [_submit(store_dsn) for _ in range(3)]
     # What a node writes when it stops a runner for its own trouble (self-fencing, shutdown).
     assert store.finish(
-        task_id=first,
-        attempt=1,
-        fence=100,
-        outcome=Outcome.FENCED,
-        task_state=TaskState.QUEUED,
-        error_type="NodeGaveUp",
-        error_message="the node stopped the runner",
-        retry_delay=0.0,
-        counts_as_failure=False,
+        Finish(
+            first,
+            1,
+            100,
+            Ending(
+                Outcome.FENCED,
+                TaskState.QUEUED,
+                error_type="NodeGaveUp",
+                error_message="the node stopped the runner",
+                retry_delay=0.0,
+                counts_as_failure=False,
+            ),
+        )
     )
     assert _order(store) == [first, *later]
 
@@ -112,14 +116,18 @@ def test_a_retry_after_the_tasks_own_failure_keeps_its_backoff(
     _claim(store, failing, 100)
     later = _submit(store_dsn)
     assert store.finish(
-        task_id=failing,
-        attempt=1,
-        fence=100,
-        outcome=Outcome.ERROR,
-        task_state=TaskState.QUEUED,
-        error_type="ValueError",
-        error_message="boom",
-        retry_delay=30.0,
+        Finish(
+            failing,
+            1,
+            100,
+            Ending(
+                Outcome.ERROR,
+                TaskState.QUEUED,
+                error_type="ValueError",
+                error_message="boom",
+                retry_delay=30.0,
+            ),
+        )
     )
     assert _order(store) == [later]
     assert 25 < seconds_from_now(store_dsn, failing, "run_after") <= 30

@@ -13,7 +13,7 @@ def test_a_claimed_task_runs_and_its_outcome_is_recorded_then_released(
     task_id = node.client.submit("demo.tasks:add", plugin="demo", args=(2, 3))
     assert node.claim() == 1
     runner = node.runner_of(task_id)
-    assert runner.launched and runner.spec.fence == node.client.get(task_id).fence
+    assert runner.launched and runner.spec.call.fence == node.client.get(task_id).fence
     assert node.coord.lease.live_claims()
     runner.succeed(5)
     node.settle()

@@ -27,7 +27,7 @@ from taskman import (
     ValidationError,
     WaitTimeoutError,
 )
-from taskman.store import TaskStore
+from taskman.store import Ending, Finish, TaskStore
 from tests.integration.backends import db_now, payload_bytes
 from tests.integration.backends import raw as _raw
 
@@ -302,12 +302,7 @@ def test_abort_running_task_flags_it_for_the_owner(client: Client, dsn: str) -> 
     store = TaskStore(dsn)
     try:
         assert store.finish(
-            task_id=task_id,
-            attempt=1,
-            fence=7,
-            outcome=Outcome.ABORTED,
-            task_state=TaskState.ABORTED,
-            error_type="Aborted",
+            Finish(task_id, 1, 7, Ending(Outcome.ABORTED, TaskState.ABORTED, error_type="Aborted"))
         )
     finally:
         store.close()
@@ -346,12 +341,12 @@ def test_wait_returns_the_task_another_thread_finishes(
             claim = store.claim(task_id, cand.attempt, 11, "node-b", "dc1", "1.0")
             assert claim is not None
             assert store.finish(
-                task_id=task_id,
-                attempt=claim.attempt,
-                fence=11,
-                outcome=Outcome.SUCCEEDED,
-                task_state=TaskState.SUCCEEDED,
-                result_json='{"x": 1}',
+                Finish(
+                    task_id,
+                    claim.attempt,
+                    11,
+                    Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json='{"x": 1}'),
+                )
             )
         except BaseException as exc:
             errors.append(exc)

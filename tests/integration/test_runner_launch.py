@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from taskman.models import AttemptCall
 from taskman.plugins import EXAMPLES_DIR, PluginRegistry
 from taskman.runner import Runner, RunnerEvent, RunnerSpec, protocol
 from taskman.runner.zygote import ZygotePool
@@ -34,12 +35,7 @@ def pool() -> Iterator[ZygotePool]:
 def spec(task_id: int, function: str, args: list[object], *, fork: bool = True) -> RunnerSpec:
     plugin = PluginRegistry.scan([EXAMPLES_DIR]).resolve("demo", None)
     return RunnerSpec(
-        task_id=task_id,
-        attempt=1,
-        fence=task_id,
-        function=function,
-        args=args,
-        kwargs={},
+        call=AttemptCall(task_id, 1, task_id, function, args, {}),
         python=plugin.python,
         sys_path=list(plugin.sys_path),
         env=dict(plugin.env),

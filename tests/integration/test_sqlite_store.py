@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from taskman import Client, Outcome, TaskState, TransientStoreError
-from taskman.store import SQLiteDatabase, TaskStore
+from taskman.store import Ending, Finish, SQLiteDatabase, TaskStore
 from taskman.store.backend import Cursor
 from taskman.store.migrations import applied_versions, latest_version, migrate
 from taskman.store.schedules import ScheduleStore
@@ -231,12 +231,7 @@ def test_prune_deletes_attempts_with_their_task_and_respects_the_guard(url: str)
     try:
         assert store.claim(task_id, 0, 7, "n", "dc1", "1.0")
         assert store.finish(
-            task_id=task_id,
-            attempt=1,
-            fence=7,
-            outcome=Outcome.SUCCEEDED,
-            task_state=TaskState.SUCCEEDED,
-            result_json="1",
+            Finish(task_id, 1, 7, Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="1"))
         )
         assert store.take_leadership("reaper", 3, "n")
         assert store.max_token() == 7  # the largest of fences and epochs

@@ -25,7 +25,7 @@ import pytest
 
 from taskman import Client, Outcome, TaskState
 from taskman.dsn import parse_dsn
-from taskman.store import ClaimRequest, Finish, TaskStore
+from taskman.store import ClaimRequest, Ending, Finish, TaskStore
 
 FN = "demo.tasks:add"
 PLUGINS = {"demo": ["1.0"]}
@@ -227,12 +227,12 @@ def test_finish_whose_commit_reply_is_lost_reports_that_it_applied(
         assert claim is not None
         proxy.arm()
         applied = node.finish(
-            task_id=task_id,
-            attempt=1,
-            fence=100,
-            outcome=Outcome.SUCCEEDED,
-            task_state=TaskState.SUCCEEDED,
-            result_json='{"x": 1}',
+            Finish(
+                task_id,
+                1,
+                100,
+                Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json='{"x": 1}'),
+            )
         )
         assert proxy.dropped.is_set()
     finally:
@@ -305,8 +305,8 @@ def test_batches_whose_commit_reply_is_lost_report_each_task_as_stored(
         assert claims[1] is None  # a larger token holds it: not ours, whatever the reread saw
 
         records = [
-            Finish(ours, 1, 100, Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="1"),
-            Finish(theirs, 1, 100, Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="2"),
+            Finish(ours, 1, 100, Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="1")),
+            Finish(theirs, 1, 100, Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="2")),
         ]
         proxy.arm()
         applied = node.finish_many(records)

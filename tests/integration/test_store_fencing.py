@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from taskman import Client, Outcome, TaskState
-from taskman.store import ClaimRequest, Finish, RunningTask, TaskStore
+from taskman import Client, Outcome, TaskState, ValidationError
+from taskman.store import ClaimRequest, Ending, Finish, RunningTask, TaskStore
 from tests.integration.backends import raw as _raw
 from tests.integration.backends import seconds_from_now, shift
 
@@ -164,13 +164,13 @@ def test_heartbeat_progress_and_finish_apply_with_the_right_token(
     assert task["heartbeat_at"] >= beat["heartbeat_at"]
 
     assert store.finish(
-        task_id=task_id,
-        attempt=1,
-        fence=100,
-        outcome=Outcome.SUCCEEDED,
-        task_state=TaskState.SUCCEEDED,
-        result_json='{"sum": 3}',
-        output_tail="3\n",
+        Finish(
+            task_id,
+            1,
+            100,
+            Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json='{"sum": 3}'),
+            output_tail="3\n",
+        )
     )
     task, attempts = _rows(dsn, task_id)
     assert task["state"] == "succeeded"
@@ -211,21 +211,41 @@ def test_writes_with_a_wrong_token_change_nothing(
         (TaskState.ABORTED, Outcome.ABORTED),
     ):
         applied = store.finish(
-            task_id=task_id,
-            attempt=1,
-            fence=wrong,
-            outcome=outcome,
-            task_state=state,
-            result_json='{"stale": true}',
-            error_type="Stale",
-            error_message="from a fenced node",
-            retry_delay=0.0,
+            Finish(
+                task_id,
+                1,
+                wrong,
+                Ending(
+                    outcome,
+                    state,
+                    result_json='{"stale": true}',
+                    error_type="Stale",
+                    error_message="from a fenced node",
+                    retry_delay=0.0,
+                ),
+            )
         )
         assert applied is False, state
         assert _rows(dsn, task_id) == before, state
 
     # The owner with the right token is unaffected by all that.
     assert store.progress(task_id, 100, 0.25, "mine") is True
+
+
+def test_an_ending_the_transition_table_forbids_is_refused_and_writes_nothing(
+    dsn: str, store: TaskStore, task_id: int
+) -> None:
+    # FINISH_FAILED takes the task's next state as a parameter: the store checks it
+    # against states.ALLOWED_TRANSITIONS before anything of the batch is written.
+    _claim_100(store, task_id)
+    before = _rows(dsn, task_id)
+    ok = Finish(task_id, 1, 100, Ending(Outcome.ERROR, TaskState.FAILED, "E"))
+    for state in (TaskState.RUNNING, TaskState.EXPIRED):
+        wrong = Finish(task_id, 1, 100, Ending(Outcome.ERROR, state, "E"))
+        with pytest.raises(ValidationError, match=f"cannot leave its task {state.value}"):
+            store.finish_many([ok, wrong])
+        assert _rows(dsn, task_id) == before, state
+    assert store.finish(ok) is True
 
 
 # -- reclaim ------------------------------------------------------------------------------------
@@ -283,12 +303,12 @@ def test_reclaim_requeues_and_fences_the_old_owner(
     # The old owner wakes up and reports: fenced, nothing written.
     assert (
         store.finish(
-            task_id=task_id,
-            attempt=1,
-            fence=100,
-            outcome=Outcome.SUCCEEDED,
-            task_state=TaskState.SUCCEEDED,
-            result_json='{"late": true}',
+            Finish(
+                task_id,
+                1,
+                100,
+                Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json='{"late": true}'),
+            )
         )
         is False
     )
@@ -320,12 +340,7 @@ def test_reclaim_requeues_and_fences_the_old_owner(
     assert view.fence == 300
     assert (
         store.finish(
-            task_id=task_id,
-            attempt=1,
-            fence=100,
-            outcome=Outcome.ERROR,
-            task_state=TaskState.FAILED,
-            error_type="Late",
+            Finish(task_id, 1, 100, Ending(Outcome.ERROR, TaskState.FAILED, error_type="Late"))
         )
         is False
     )
@@ -344,12 +359,7 @@ def test_reclaim_requeues_and_fences_the_old_owner(
 
     # The new owner finishes normally.
     assert store.finish(
-        task_id=task_id,
-        attempt=2,
-        fence=300,
-        outcome=Outcome.SUCCEEDED,
-        task_state=TaskState.SUCCEEDED,
-        result_json="3",
+        Finish(task_id, 2, 300, Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="3"))
     )
     task, attempts = _rows(dsn, task_id)
     assert task["state"] == "succeeded"
@@ -487,15 +497,19 @@ def test_finish_queued_requeues_after_the_retry_delay(
     assert claim_soon is not None
 
     assert store.finish(
-        task_id=task_id,
-        attempt=1,
-        fence=100,
-        outcome=Outcome.ERROR,
-        task_state=TaskState.QUEUED,
-        error_type="ValueError",
-        error_message="bad input",
-        traceback="Traceback ...",
-        retry_delay=60.0,
+        Finish(
+            task_id,
+            1,
+            100,
+            Ending(
+                Outcome.ERROR,
+                TaskState.QUEUED,
+                error_type="ValueError",
+                error_message="bad input",
+                traceback="Traceback ...",
+                retry_delay=60.0,
+            ),
+        )
     )
     task, attempts = _rows(dsn, task_id)
     assert task["state"] == "queued"
@@ -514,13 +528,12 @@ def test_finish_queued_requeues_after_the_retry_delay(
     # A node giving the attempt up (not the task's fault) counts a reclaim, not a failure,
     # and with no delay the task is due again at once.
     assert store.finish(
-        task_id=soon,
-        attempt=1,
-        fence=101,
-        outcome=Outcome.FENCED,
-        task_state=TaskState.QUEUED,
-        retry_delay=0.0,
-        counts_as_failure=False,
+        Finish(
+            soon,
+            1,
+            101,
+            Ending(Outcome.FENCED, TaskState.QUEUED, retry_delay=0.0, counts_as_failure=False),
+        )
     )
     soon_row, _ = _rows(dsn, soon)
     assert (soon_row["state"], soon_row["failures"], soon_row["reclaims"]) == ("queued", 0, 1)
@@ -532,12 +545,9 @@ def test_finish_queued_requeues_after_the_retry_delay(
 def test_success_is_recorded_at_most_once(dsn: str, store: TaskStore, task_id: int) -> None:
     _claim_100(store, task_id)
     assert store.finish(
-        task_id=task_id,
-        attempt=1,
-        fence=100,
-        outcome=Outcome.SUCCEEDED,
-        task_state=TaskState.SUCCEEDED,
-        result_json='{"x": 1}',
+        Finish(
+            task_id, 1, 100, Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json='{"x": 1}')
+        )
     )
     done = _rows(dsn, task_id)
     assert done[0]["state"] == "succeeded"
@@ -548,13 +558,9 @@ def test_success_is_recorded_at_most_once(dsn: str, store: TaskStore, task_id: i
     ):
         assert (
             store.finish(
-                task_id=task_id,
-                attempt=1,
-                fence=100,
-                outcome=outcome,
-                task_state=state,
-                result_json='{"x": 2}',
-                retry_delay=0.0,
+                Finish(
+                    task_id, 1, 100, Ending(outcome, state, result_json='{"x": 2}', retry_delay=0.0)
+                )
             )
             is False
         ), state
@@ -602,17 +608,23 @@ def test_a_finish_batch_writes_the_current_owners_and_nothing_of_the_stale(
     )
     before_stale = _rows(dsn, stale)
     records = [
-        Finish(ids[0], 1, 100 + ids[0], Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="1"),
-        Finish(stale, 1, 100 + stale, Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="2"),
+        Finish(
+            ids[0], 1, 100 + ids[0], Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="1")
+        ),
+        Finish(
+            stale, 1, 100 + stale, Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="2")
+        ),
         Finish(
             ids[2],
             1,
             100 + ids[2],
-            Outcome.ERROR,
-            TaskState.QUEUED,
-            error_type="ValueError",
-            error_message="boom",
-            retry_delay=5.0,
+            Ending(
+                Outcome.ERROR,
+                TaskState.QUEUED,
+                error_type="ValueError",
+                error_message="boom",
+                retry_delay=5.0,
+            ),
         ),
     ]
     assert store.finish_many(records) == [True, False, True]

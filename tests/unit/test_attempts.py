@@ -10,7 +10,6 @@ import pytest
 
 from taskman.cluster.attempts import (
     ActiveAttempt,
-    Ending,
     backoff,
     ending_from_exit,
     ending_from_message,
@@ -19,7 +18,7 @@ from taskman.cluster.attempts import (
 from taskman.plugins import Plugin
 from taskman.runner import Runner
 from taskman.states import Outcome, TaskState
-from taskman.store import Claim
+from taskman.store import Claim, Ending
 
 CAP = 300.0
 

@@ -20,21 +20,16 @@ def test_allowed_transitions_table_is_pinned() -> None:
         Q: frozenset({R, A, E, F}),
         R: frozenset({S, F, A, Q}),
         S: frozenset(),
-        F: frozenset(),
-        A: frozenset(),
-        E: frozenset(),
+        F: frozenset({Q}),  # a retry asked for (RETRY_TASK)
+        A: frozenset({Q}),
+        E: frozenset({Q}),
     } == ALLOWED_TRANSITIONS
 
 
-def test_every_state_has_an_entry_and_terminal_states_have_no_exits() -> None:
-    assert set(ALLOWED_TRANSITIONS) == set(TaskState)
+def test_terminal_states() -> None:
     assert {F, S, A, E} == TERMINAL_STATES
     for state in TaskState:
         assert state.terminal is (state in {S, F, A, E})
-        if state.terminal:
-            assert ALLOWED_TRANSITIONS[state] == frozenset()
-        else:
-            assert ALLOWED_TRANSITIONS[state]
 
 
 def test_only_running_may_succeed_and_only_queued_may_expire() -> None:
