@@ -3,8 +3,7 @@ and ``queries_sqlite.py`` (embedded mode); ``make_database`` picks the backend f
 
 from taskman.store.backend import StoreDatabase, make_database
 from taskman.store.connection import Database
-from taskman.store.sqlite import SQLiteDatabase
-from taskman.store.tasks import (
+from taskman.store.records import (
     Candidate,
     Claim,
     ClaimRequest,
@@ -12,8 +11,9 @@ from taskman.store.tasks import (
     Finish,
     RunningTask,
     RunningView,
-    TaskStore,
 )
+from taskman.store.sqlite import SQLiteDatabase
+from taskman.store.tasks import TaskStore
 
 __all__ = [
     "Candidate",

@@ -11,9 +11,10 @@ tick would hit the UNIQUE key. So every tick has at most one task.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from taskman.errors import DuplicateKeyError, FencedError, TaskmanError, TransientStoreError
 from taskman.schedules import (
@@ -252,86 +253,89 @@ class ScheduleStore:
         None also when the schedule was paused, replaced or removed meanwhile.
         FencedError when this leader's epoch is no longer current: nothing was written.
         """
-
-        def fn(cur: Cursor) -> Fired | None:
-            now = self._now(cur)
-            cur.execute(self.q.LOCK_SCHEDULE, (name,))
-            row = cur.fetchone()
-            if row is None or row["paused"]:
-                return None
-            spec = _spec(row)
-            current = _aware(row["next_tick"])
-            if current > now:
-                return None
-            step = plan(
-                spec.timetable(),
-                next_tick=current,
-                now=now,
-                misfire=spec.misfire,
-                max_catch_up=spec.max_catch_up,
-                grace=spec.misfire_grace,
-            )
-            new_ids: list[int] = []
-            new_ticks: list[datetime] = []
-            existing = overlap_skipped = 0
-            last_id = None if row["last_task_id"] is None else int(row["last_task_id"])
-            last_tick: datetime | None = None
-            for tick in step.fire:
-                if spec.overlap is Overlap.SKIP and last_id is not None:
-                    cur.execute(self.q.TASK_STATE, (last_id,))
-                    prev = cur.fetchone()
-                    if prev is not None and prev["state"] in ACTIVE_STATES:
-                        overlap_skipped += 1
-                        continue
-                task_id, created = self._insert_tick(cur, spec, tick)
-                last_id, last_tick = task_id, tick
-                if created:
-                    new_ids.append(task_id)
-                    new_ticks.append(tick)
-                else:
-                    existing += 1
-            fired = len(new_ids) + existing
-            advanced = cur.execute(
-                self.q.ADVANCE_SCHEDULE,
-                (
-                    _naive(step.next_tick),
-                    None if last_tick is None else _naive(last_tick),
-                    last_id,
-                    fired,
-                    step.skipped + overlap_skipped,
-                    name,
-                    _naive(current),
-                    role,
-                    epoch,
-                ),
-            )
-            if not advanced:
-                # Raising rolls the inserted tasks back with the transaction.
-                cur.execute(self.q.LEADERSHIP, (role,))
-                leader = cur.fetchone()
-                if leader is None or int(leader["epoch"]) != epoch:
-                    raise FencedError(
-                        f"leader epoch {epoch} is no longer current; schedule {name!r} not fired"
-                    )
-                raise _ScheduleChangedError
-            return Fired(
-                name=name,
-                task_ids=tuple(new_ids),
-                ticks=tuple(new_ticks),
-                existing=existing,
-                missed=step.missed,
-                skipped=step.skipped + overlap_skipped,
-                overlap_skipped=overlap_skipped,
-                next_tick=step.next_tick,
-                exact=step.exact,
-            )
-
         try:
             # Safe to repeat after an ambiguous commit: a run that finds next_tick
             # already advanced fires nothing twice, and the keys refuse duplicates.
-            return self.db.run(fn)
+            return self.db.run(lambda cur: self._fire_in(cur, name, role, epoch))
         except _ScheduleChangedError:
             return None
+
+    def _fire_in(self, cur: Cursor, name: str, role: str, epoch: int) -> Fired | None:
+        now = self._now(cur)
+        cur.execute(self.q.LOCK_SCHEDULE, (name,))
+        row = cur.fetchone()
+        if row is None or row["paused"]:
+            return None
+        spec = _spec(row)
+        current = _aware(row["next_tick"])
+        if current > now:
+            return None
+        step = plan(
+            spec.timetable(),
+            next_tick=current,
+            now=now,
+            misfire=spec.misfire,
+            max_catch_up=spec.max_catch_up,
+            grace=spec.misfire_grace,
+        )
+        last_id = None if row["last_task_id"] is None else int(row["last_task_id"])
+        made = self._insert_ticks(cur, spec, step.fire, last_id)
+        skipped = step.skipped + made.overlap_skipped
+        advance = (
+            _naive(step.next_tick),
+            None if made.last_tick is None else _naive(made.last_tick),
+            made.last_id,
+            len(made.new_ids) + made.existing,
+            skipped,
+            name,
+            _naive(current),
+            role,
+            epoch,
+        )
+        if not cur.execute(self.q.ADVANCE_SCHEDULE, advance):
+            self._why_not_advanced(cur, name, role, epoch)  # raises: rolls the tasks back
+        return Fired(
+            name=name,
+            task_ids=tuple(made.new_ids),
+            ticks=tuple(made.new_ticks),
+            existing=made.existing,
+            missed=step.missed,
+            skipped=skipped,
+            overlap_skipped=made.overlap_skipped,
+            next_tick=step.next_tick,
+            exact=step.exact,
+        )
+
+    def _insert_ticks(
+        self, cur: Cursor, spec: ScheduleSpec, ticks: Iterable[datetime], last_id: int | None
+    ) -> _Inserted:
+        """A task per tick, except while the last one is still active under overlap=skip."""
+        made = _Inserted(last_id=last_id)
+        for tick in ticks:
+            if spec.overlap is Overlap.SKIP and made.last_id is not None:
+                cur.execute(self.q.TASK_STATE, (made.last_id,))
+                prev = cur.fetchone()
+                if prev is not None and prev["state"] in ACTIVE_STATES:
+                    made.overlap_skipped += 1
+                    continue
+            task_id, created = self._insert_tick(cur, spec, tick)
+            made.last_id, made.last_tick = task_id, tick
+            if created:
+                made.new_ids.append(task_id)
+                made.new_ticks.append(tick)
+            else:
+                made.existing += 1
+        return made
+
+    def _why_not_advanced(self, cur: Cursor, name: str, role: str, epoch: int) -> NoReturn:
+        """The schedule did not advance: this leader was replaced, or the schedule changed."""
+        cur.execute(self.q.LEADERSHIP, (role,))
+        leader = cur.fetchone()
+        if leader is None or int(leader["epoch"]) != epoch:
+            raise FencedError(
+                f"leader epoch {epoch} is no longer current; schedule {name!r} not fired"
+            )
+        raise _ScheduleChangedError
 
     def _insert_tick(self, cur: Cursor, spec: ScheduleSpec, tick: datetime) -> tuple[int, bool]:
         """Insert the tick's task; (id, True), or the existing task's (id, False)."""
@@ -362,6 +366,18 @@ class ScheduleStore:
         if row is None:  # the holder of the key was deleted in between
             raise TransientStoreError(f"duplicate key {key!r}, but no row holds it; retrying")
         return int(row["id"]), False
+
+
+@dataclass
+class _Inserted:
+    """What one fire inserted."""
+
+    last_id: int | None
+    last_tick: datetime | None = None
+    new_ids: list[int] = field(default_factory=list)
+    new_ticks: list[datetime] = field(default_factory=list)
+    existing: int = 0
+    overlap_skipped: int = 0
 
 
 class _ScheduleChangedError(TaskmanError):

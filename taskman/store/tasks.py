@@ -6,9 +6,7 @@ it was applied; ``False`` means a newer token owns the task (the caller is fence
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,128 +18,26 @@ from taskman.errors import (
     TransientStoreError,
     ValidationError,
 )
-from taskman.models import Attempt, AttemptCall, Task, task_fields
-from taskman.states import ALLOWED_TRANSITIONS, Outcome, TaskState
+from taskman.models import Attempt, Task, task_fields
+from taskman.states import ALLOWED_TRANSITIONS, TaskState
 from taskman.store.backend import Cursor, StoreDatabase, make_database
-from taskman.text import clean_optional, clean_text
+from taskman.store.leader import LeaderQueries
+from taskman.store.records import (
+    Candidate,
+    Claim,
+    ClaimRequest,
+    Finish,
+    RunningView,
+    claim_from,
+    storable,
+)
+from taskman.text import clean_text
 from taskman.validation import NewTask
 
 MAX_TAIL = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A queued task a node may try to claim."""
-
-    task_id: int
-    attempt: int  # attempts so far; the claim makes attempt + 1
-    plugin: str
-    plugin_version: str | None
-    function: str
-    concurrency_key: str | None = None
-    concurrency_limit: int | None = None
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class Claim(AttemptCall):
-    """What a node needs to run the attempt it just claimed: the call, and how to supervise it."""
-
-    plugin: str
-    plugin_version: str | None
-    timeout: float | None
-    max_attempts: int
-    failures: int
-    retry_backoff: float | None  # None: the node's default
-    abort_requested: bool
-    limits: dict[str, int] | None = None
-    # Seconds from due (submit, not_before, retry, or back in the queue after a reclaim)
-    # to this claim, by the DB clock.
-    waited: float = 0.0
-
-
-@dataclass(frozen=True)
-class ClaimRequest:
-    """One task of a claim batch: the attempt count seen and the token to claim it under."""
-
-    task_id: int
-    seen_attempt: int
-    fence: int
-    plugin_version: str
-
-
-@dataclass(frozen=True)
-class Ending:
-    """How an attempt ended, and what that makes of its task (``cluster/attempts.py`` decides)."""
-
-    outcome: Outcome
-    state: TaskState  # the task's next state; QUEUED: run again after ``retry_delay``
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
-    result_json: str | None = None
-    retry_delay: float | None = None
-    counts_as_failure: bool = True
-    task_message: str | None = None  # the task's summary, when it differs from the attempt's
-
-    @property
-    def summary(self) -> str | None:
-        """The message the task row keeps (the attempt row keeps ``error_message``)."""
-        return self.error_message if self.task_message is None else self.task_message
-
-
-@dataclass(frozen=True)
-class Finish:
-    """One ending to record for attempt ``attempt`` of a task, fenced by ``fence``."""
-
-    task_id: int
-    attempt: int
-    fence: int
-    ending: Ending
-    output_tail: str | None = None
-
-
-def _storable(r: Finish) -> Finish:
-    """The record with its text cut to its columns and free of what no column takes."""
-    ending = dataclasses.replace(
-        r.ending,
-        error_type=clean_optional(r.ending.error_type, 255),
-        error_message=clean_optional(r.ending.error_message, 60_000 // 4),
-        traceback=clean_optional(r.ending.traceback),
-        task_message=clean_optional(r.ending.task_message, 60_000 // 4),
-    )
-    return dataclasses.replace(r, ending=ending, output_tail=clean_optional(r.output_tail))
-
-
-def _claim_from(row: dict[str, Any] | None, fence: int) -> Claim | None:
-    if row is None or int(row["fence"]) != fence:
-        return None
-    return Claim(**task_fields(Claim, row), waited=max(0, int(row["wait_us"] or 0)) / 1e6)
-
-
-@dataclass(frozen=True)
-class RunningView:
-    """The database's view of one attempt a node believes it owns."""
-
-    task_id: int
-    fence: int
-    state: str
-    abort_requested: bool
-
-
-@dataclass(frozen=True)
-class RunningTask:
-    """A running task as the leader's reaper sees it."""
-
-    task_id: int
-    attempt: int
-    fence: int
-    owner: str | None
-    heartbeat_at: datetime | None
-    reclaims: int
-
-
-class TaskStore:
+class TaskStore(LeaderQueries):
     def __init__(self, db: StoreDatabase | str) -> None:
         self.db = make_database(db) if isinstance(db, str) else db
         self.q = self.db.q  # this backend's statements (queries or queries_sqlite)
@@ -379,7 +275,7 @@ class TaskStore:
             ids = [r.task_id for r in requests]
             cur.execute(self.q.CLAIMED_TASKS.format(ids=", ".join(["%s"] * len(ids))), ids)
             rows = {int(row["id"]): row for row in cur.fetchall()}
-            return [_claim_from(rows.get(r.task_id), r.fence) for r in requests]
+            return [claim_from(rows.get(r.task_id), r.fence) for r in requests]
 
         def fn(cur: Cursor) -> list[Claim | None]:
             won = []
@@ -475,7 +371,7 @@ class TaskStore:
                     f"{record.ending.state.value}"
                 )
         # Text from task code: one unstorable string must not fail the whole batch.
-        records = [_storable(record) for record in records]
+        records = [storable(record) for record in records]
 
         def fn(cur: Cursor) -> list[bool]:
             return [self._finish_one(cur, record) for record in records]
@@ -548,109 +444,3 @@ class TaskStore:
             ),
         )
         return True
-
-    # -- leader ------------------------------------------------------------------
-    def take_leadership(self, name: str, epoch: int, node: str) -> bool:
-        """Record this leader's epoch; False if a newer leader has already written a larger one."""
-
-        def fn(cur: Cursor) -> bool:
-            cur.execute(self.q.TAKE_LEADERSHIP, (name, epoch, node))
-            cur.execute(self.q.LEADERSHIP, (name,))
-            row = cur.fetchone()
-            return bool(row and int(row["epoch"]) == epoch)
-
-        return self.db.run(fn)
-
-    def running(self) -> list[RunningTask]:
-        return [
-            RunningTask(
-                task_id=int(r["id"]),
-                attempt=int(r["attempt"]),
-                fence=int(r["fence"]),
-                owner=r["owner"],
-                heartbeat_at=r["heartbeat_at"],
-                reclaims=int(r["reclaims"]),
-            )
-            for r in self.db.query(self.q.RUNNING_TASKS)
-        ]
-
-    def reclaim(
-        self,
-        task: RunningTask,
-        *,
-        outcome: Outcome,
-        reason: str,
-        give_up: bool,
-        role: str,
-        epoch: int,
-    ) -> bool:
-        """Re-queue (or, past the reclaim limit, fail) an attempt whose owner is gone; fenced."""
-        error_type = "NodeLost" if outcome is Outcome.NODE_LOST else "HeartbeatTimeout"
-
-        def fn(cur: Cursor) -> bool:
-            sql = self.q.RECLAIM_GIVE_UP if give_up else self.q.RECLAIM
-            message = reason
-            if give_up:
-                message = f"{reason}; gave up after {task.reclaims + 1} reclaims"
-            if not cur.execute(
-                sql, (error_type, message, task.task_id, task.fence, task.attempt, role, epoch)
-            ):
-                return False
-            cur.execute(
-                self.q.END_LOST_ATTEMPT,
-                (outcome.value, error_type, reason, task.task_id, task.attempt, task.fence),
-            )
-            return True
-
-        return self.db.run(fn)
-
-    def expire_due(self, *, role: str, epoch: int, limit: int = 1000) -> int:
-        return self.db.execute(self.q.EXPIRE_DUE, (role, epoch, limit))
-
-    def prune(
-        self, state: TaskState, older_than: float, *, role: str, epoch: int, batch: int
-    ) -> int:
-        """Delete one batch of ``state`` tasks finished more than ``older_than`` s ago."""
-        if not state.terminal:
-            raise ValidationError(f"only finished tasks are pruned, not {state.value}")
-        return self.db.execute(self.q.PRUNE_BATCH, (state.value, older_than, role, epoch, batch))
-
-    def count_prunable(self, state: TaskState, older_than: float) -> int:
-        return int(self.db.query(self.q.PRUNE_COUNT, (state.value, older_than))[0]["n"])
-
-    def max_token(self) -> int:
-        """The largest fence or leader epoch stored: a restarted local coordinator starts above it."""
-        return int(self.db.query(self.q.HIGHEST_FENCE_OR_EPOCH)[0]["token"] or 0)
-
-    def max_live_token(self) -> int:
-        """The last leader's epoch or the largest fence of unfinished work, if larger."""
-        return int(self.db.query(self.q.HIGHEST_LIVE_FENCE_OR_EPOCH)[0]["token"] or 0)
-
-    def oldest_queued_wait(self) -> float:
-        """Seconds the longest-waiting due queued task has waited, by the database's clock (0: none)."""
-        wait_us = self.db.query(self.q.OLDEST_QUEUED_WAIT)[0]["wait_us"]
-        return max(0, int(wait_us or 0)) / 1e6
-
-    def queued_placements(self) -> list[tuple[str, str | None, str | None]]:
-        """Each (plugin, pinned version, pinned datacenter) some queued task needs."""
-        return [
-            (r["plugin"], r["plugin_version"], r["datacenter"])
-            for r in self.db.query(self.q.QUEUED_PLACEMENTS)
-        ]
-
-    def fail_unplaceable(
-        self,
-        placement: tuple[str, str | None, str | None],
-        error_type: str,
-        message: str,
-        grace: float,
-        *,
-        role: str,
-        epoch: int,
-    ) -> int:
-        """Fail the queued tasks of ``placement`` that have been due for ``grace`` s or more."""
-        plugin, version, datacenter = placement
-        return self.db.execute(
-            self.q.FAIL_UNPLACEABLE,
-            (error_type, message, plugin, version, datacenter, int(grace * 1e6), role, epoch),
-        )
