@@ -131,7 +131,10 @@ def _fields(item: object) -> dict[str, Any]:
         )
     unknown = sorted(str(key) for key in item if key not in ITEM_FIELDS)
     if unknown:
-        hint = " (allow_unserved is the batch's: submit_many(..., allow_unserved=True))"
+        hint = (
+            " (allow_unserved is the whole batch's: submit_many(..., allow_unserved=True),"
+            " taskman submit --from-file FILE --allow-unserved)"
+        )
         raise ValidationError(
             f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
             + (hint if "allow_unserved" in unknown else "")

@@ -17,7 +17,7 @@ from taskman.cli.common import (
 )
 from taskman.cli.exitcodes import Exit
 from taskman.cli.follow import Follower, Interrupted, is_terminal
-from taskman.cli.task_file import read_task_file
+from taskman.cli.task_file import FROM_FILE_EPILOG, submit_file
 from taskman.client import Client
 from taskman.errors import ValidationError
 from taskman.models import Task
@@ -93,39 +93,6 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
     )
 
 
-FROM_FILE_EPILOG = """With --from-file FILE (- for stdin), one task per line as a JSON object of
-submit's fields: function, plugin, args, kwargs, version, priority, not_before,
-not_after (ISO 8601 with timezone), timeout, max_attempts, retry_backoff,
-idempotency_key, datacenter, limits, concurrency_key, concurrency_limit. All are
-checked first and inserted in one transaction, all or none; an error names the
-line. It prints the ids in line order (--json: {"ids": [...]}). At most 100,000
-tasks per file:
-  {"function": "demo.tasks:add", "plugin": "demo", "args": [2, 3]}
-  {"function": "demo.tasks:add", "plugin": "demo", "args": [4, 5], "priority": 5}
-"""
-
-# Fields of one task: with --from-file each line has its own (dest, flag, default).
-PER_TASK_FLAGS: tuple[tuple[str, str, object], ...] = (
-    ("plugin", "--plugin", None),
-    ("args", "--args", None),
-    ("kwargs", "--kwargs", None),
-    ("plugin_version", "--version", None),
-    ("priority", "--priority", 0),
-    ("not_before", "--not-before", None),
-    ("not_after", "--not-after", None),
-    ("timeout", "--timeout", None),
-    ("max_attempts", "--max-attempts", None),
-    ("retry_backoff", "--retry-backoff", None),
-    ("idempotency_key", "--idempotency-key", None),
-    ("datacenter", "--datacenter", None),
-    ("limit", "--limit", []),
-    ("concurrency_limit", "--concurrency-limit", None),
-    ("concurrency_key", "--concurrency-key", None),
-    ("wait", "--wait", False),
-    ("wait_timeout", "--wait-timeout", None),
-)
-
-
 def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "submit",
@@ -148,6 +115,23 @@ def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="submit the tasks of FILE (- for stdin), one JSON object per line, in one "
         "transaction (see below)",
     )
+    _add_task_flags(p)
+    p.add_argument(
+        "--allow-unserved",
+        action="store_true",
+        help="queue it even if no node has ever served its plugin, version, datacenter or "
+        "function (a node that will serve it starts later)",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the task to finish")
+    p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+    add_quiet(p)
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=submit, usage_error=p.error)
+
+
+def _add_task_flags(p: argparse.ArgumentParser) -> None:
+    """The fields of one task (with --from-file, each line has its own: PER_TASK_FLAGS)."""
     p.add_argument("--plugin", help="the server plugin that has the function (required)")
     p.add_argument("--args", help="positional arguments as a JSON list")
     p.add_argument("--kwargs", help="keyword arguments as a JSON object")
@@ -176,18 +160,6 @@ def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--concurrency-key", help="the key for --concurrency-limit (default: plugin and function)"
     )
-    p.add_argument(
-        "--allow-unserved",
-        action="store_true",
-        help="queue it even if no node has ever served its plugin, version, datacenter or "
-        "function (a node that will serve it starts later)",
-    )
-    p.add_argument("--wait", action="store_true", help="wait for the task to finish")
-    p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
-    add_quiet(p)
-    add_dsn(p)
-    add_json(p)
-    p.set_defaults(handler=submit, usage_error=p.error)
 
 
 def _final_code(task: Task) -> int:
@@ -223,25 +195,6 @@ def submit(args: argparse.Namespace) -> int:
             emit({"id": task_id}) if args.json else print(task_id)
             return int(Exit.OK)
         return _follow(client, task_id, args.wait_timeout, args)
-
-
-def submit_file(args: argparse.Namespace) -> int:
-    """``submit --from-file``: every task of the file in one transaction; print their ids."""
-    given = [flag for dest, flag, default in PER_TASK_FLAGS if getattr(args, dest) != default]
-    if given:
-        args.usage_error(
-            f"--from-file takes each task's fields from its line; {', '.join(given)} "
-            "cannot be given with it"
-        )
-    tasks = read_task_file(args.from_file)
-    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
-        ids = tasks.submit(client, allow_unserved=args.allow_unserved)
-    if args.json:
-        emit({"ids": ids})
-    else:
-        for task_id in ids:
-            print(task_id)
-    return int(Exit.OK)
 
 
 def _follow(client: Client, task_id: int, timeout: float | None, args: argparse.Namespace) -> int:

@@ -73,8 +73,8 @@ class BulkStore:
         try:
             cur.execute(sql, [value for task in tasks for value in _row(task)])
         except DuplicateKeyError:
-            # Another submit took one of the batch's keys after we looked them up
-            # (request ids are fresh uuids): look again, in a new transaction.
+            # Another submit took one of the batch's idempotency keys after we looked
+            # them up (request ids are the batch's own): look again, in a new transaction.
             raise TransientStoreError(
                 "an idempotency key of the batch was taken meanwhile; retrying"
             ) from None

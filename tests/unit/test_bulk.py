@@ -100,7 +100,9 @@ def test_a_bad_item_fails_the_batch_naming_its_index(
 
 
 def test_allow_unserved_in_an_item_says_it_is_the_batchs() -> None:
-    with pytest.raises(ValidationError, match=r"allow_unserved is the batch's") as caught:
+    with pytest.raises(
+        ValidationError, match=r"allow_unserved is the whole batch's: .* --allow-unserved\)"
+    ) as caught:
         build([item(allow_unserved=True)])
     assert caught.value.item == 0
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from taskman.cli import run
+from taskman.cli import build_parser, run
 from taskman.cli.exitcodes import Exit
-from taskman.cli.task_file import read_task_file
+from taskman.cli.task_file import PER_TASK_FLAGS, read_task_file
 from taskman.errors import ValidationError
 
 
@@ -101,3 +102,17 @@ def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixtu
         run(["submit", *argv, "--dsn", "sqlite:///./never-opened.sqlite3"])
     assert stopped.value.code == Exit.USAGE
     assert message in capsys.readouterr().err
+
+
+def test_every_flag_of_one_task_is_refused_with_from_file() -> None:
+    # A new per-task flag must be listed, or --from-file would silently ignore it.
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    submit = sub.choices["submit"]
+    batch_level = {"help", "function", "from_file", "allow_unserved", "quiet", "dsn", "json"}
+    flags = {
+        a.dest: (a.option_strings[-1], a.default)
+        for a in submit._actions
+        if a.dest not in batch_level | {"retry_deadline"}
+    }
+    assert flags == {dest: (flag, default) for dest, flag, default in PER_TASK_FLAGS}
