@@ -129,8 +129,8 @@ def _fields(item: object) -> dict[str, Any]:
         raise ValidationError(
             f"an item must be a mapping of submit's arguments, got {type(item).__name__}"
         )
-    unknown = sorted(str(key) for key in item if key not in ITEM_FIELDS)
-    if unknown:
+    if not ITEM_FIELDS.issuperset(item):
+        unknown = sorted(str(key) for key in item if key not in ITEM_FIELDS)
         hint = (
             " (allow_unserved is the whole batch's: submit_many(..., allow_unserved=True),"
             " taskman submit --from-file FILE --allow-unserved)"

@@ -22,7 +22,6 @@ from taskman import (
     Client,
     IdempotencyConflictError,
     PayloadTooLargeError,
-    TaskRequest,
     UnservedError,
     ValidationError,
 )
@@ -60,8 +59,8 @@ def _rows(dsn: str) -> dict[int, dict[str, Any]]:
         return {int(r["id"]): r for r in cur.fetchall()}
 
 
-def _item(i: Any, **more: Any) -> TaskRequest:
-    return {"function": FN, "plugin": "demo", "args": [i], **more}  # type: ignore[typeddict-item]
+def _item(i: Any, **more: Any) -> dict[str, Any]:
+    return {"function": FN, "plugin": "demo", "args": [i], **more}
 
 
 def test_ids_come_back_in_item_order_each_naming_its_item(client: Client, dsn: str) -> None:
