@@ -19,10 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import celery_side, claims, cluster_benches, runner_start
+from bench import celery_side, claims, cluster_benches, runner_start, submits
 from bench.common import git_revision, lab, setup_description
 
-ALL = ("runner_start", "throughput", "latency", "claims", "recovery", "memory", "celery")
+ALL = (
+    "runner_start",
+    "throughput",
+    "latency",
+    "claims",
+    "recovery",
+    "memory",
+    "submit_many",
+    "celery",
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-samples", type=int, default=60)
     parser.add_argument("--claims", type=int, default=400, help="claims per queue size")
     parser.add_argument("--big-queue", type=int, default=1_000_000)
+    parser.add_argument(
+        "--submits", type=int, default=10_000, help="tasks per submit_many figure (and as singles)"
+    )
     parser.add_argument("--recoveries", type=int, default=3)
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--modes", nargs="*", help="runner modes (default: all available)")
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.tasks, args.starts, args.latency_samples = 40, 5, 5
         args.claims, args.big_queue, args.recoveries = 20, 20_000, 1
+        args.submits = 200
         args.session_timeout = 4.0
 
     modes = args.modes or (
@@ -86,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"runner_start[{mode}]",
                 lambda m=runner_mode: runner_start.measure(m, args.starts),
             )
+    if "submit_many" in args.only:  # embedded mode: no servers
+        record("submit_many[sqlite]", lambda: submits.submit_rates(None, args.submits))
     if "celery" in args.only:
         for per_child in (None, 1):
             record(
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                         the_lab, m, args.recoveries, args.session_timeout
                     ),
                 )
+        if "submit_many" in args.only:
+            record("submit_many[mariadb]", lambda: submits.submit_rates(the_lab, args.submits))
         if "claims" in args.only:
             for queued in (10_000, args.big_queue):
                 record(
@@ -180,6 +197,11 @@ def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, flo
             out[f"throughput taskman {mode} 1 node / Celery default pool"] = round(
                 ours / default_pool, 3
             )
+    for backend in ("mariadb", "sqlite"):
+        one = get(f"submit_many[{backend}]", "submit_per_s")
+        many = get(f"submit_many[{backend}]", "submit_many_per_s")
+        if one and many:
+            out[f"submit_many/submit rate ({backend})"] = round(many / one, 1)
     small = get("claims[10000 queued]", "claim_one_at_a_time", "median_ms")
     large = get(f"claims[{big} queued]", "claim_one_at_a_time", "median_ms")
     if small and large:

@@ -5,6 +5,7 @@ Folders map into this one namespace: ``cluster/`` -> ``taskman.cluster``,
 ``config/`` -> ``taskman.config``.
 """
 
+from taskman.bulk import TaskRequest
 from taskman.client import Client
 from taskman.errors import (
     AmbiguousCommitError,
@@ -46,6 +47,7 @@ __all__ = [
     "StoreError",
     "Task",
     "TaskNotFoundError",
+    "TaskRequest",
     "TaskState",
     "TaskStateError",
     "TaskmanError",

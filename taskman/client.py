@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import builtins
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from taskman.bulk import build_batch
 from taskman.errors import AccessDeniedError, SchemaError, UnservedError, WaitTimeoutError
 from taskman.models import Task
 from taskman.placement import Served, cap_of, queued_reasons, unserved
@@ -20,6 +22,7 @@ from taskman.schedules import (
 )
 from taskman.states import TaskState
 from taskman.store import TaskStore, make_database
+from taskman.store.bulk import BulkStore
 from taskman.store.placement import PlacementStore
 from taskman.store.schedules import ScheduleStore
 from taskman.validation import DEFAULT_MAX_PAYLOAD, NewTask, build_task
@@ -45,6 +48,7 @@ class Client:
         self._store = TaskStore(make_database(dsn, retry_deadline=retry_deadline))
         self._schedules = ScheduleStore(self._store.db)
         self._placement = PlacementStore(self._store.db)
+        self._bulk = BulkStore(self._store.db)
         self._served: tuple[float, list[Served]] | None = None  # (monotonic read time, rows)
         self._served_unreadable_until = 0.0  # no table, or no grant: unchecked until then
         self.max_payload = max_payload
@@ -114,10 +118,40 @@ class Client:
             max_payload=self.max_payload,
         )
         if not allow_unserved:
-            self._check_served(task)
+            unserved = self._first_unserved([task])
+            if unserved is not None:
+                raise UnservedError(*unserved[1])
         return self._store.insert(task)
 
-    def _check_served(self, task: NewTask) -> None:
+    def submit_many(
+        self, items: Iterable[Mapping[str, Any]], *, allow_unserved: bool = False
+    ) -> builtins.list[int]:
+        """Queue many tasks in one transaction; return their ids in item order.
+
+        Each item is a mapping of ``submit``'s keyword arguments (``TaskRequest``):
+        ``{"function": "demo.tasks:add", "plugin": "demo", "args": [2, 3]}``.
+        Every item is validated as ``submit`` validates it (served plugins too,
+        unless ``allow_unserved``) before anything is written, and the first bad
+        one raises its ValidationError with ``item`` set to its index; then all
+        tasks are inserted and committed together, or none is.
+
+        An idempotency key that names an existing task with the same request gives
+        that task's id; with a different request the batch fails. Within the
+        batch, items with the same key and request share one task; the same key
+        with different requests is an IdempotencyConflictError. At most
+        ``MAX_BATCH_ITEMS`` (100,000) items and ``MAX_BATCH_PAYLOAD`` (64 MiB) of
+        arguments per batch; an empty batch returns [].
+        """
+        batch = build_batch(items, max_payload=self.max_payload)
+        if not allow_unserved:
+            unserved = self._first_unserved(batch.tasks)
+            if unserved is not None:
+                index, problem = unserved
+                raise UnservedError(*problem).at_item(index)
+        return self._bulk.insert(batch)
+
+    def _first_unserved(self, tasks: Sequence[NewTask]) -> tuple[int, tuple[str, str]] | None:
+        """(index, problem) of the first task no node has ever served; None if all are."""
         now = time.monotonic()
         cached = self._served
         # An empty read is never reused: the first node to start must count at once.
@@ -125,11 +159,20 @@ class Client:
             rows, reused = self._read_served(now), False
         else:
             rows, reused = cached[1], True
-        problem = self._unserved(task, rows)
-        if problem is not None and reused:
-            problem = self._unserved(task, self._read_served(now))
-        if problem is not None:
-            raise UnservedError(*problem)
+        passed: set[tuple[str, str | None, str | None, str]] = set()
+        for index, task in enumerate(tasks):
+            placement = (task.plugin, task.plugin_version, task.datacenter, task.function)
+            if placement in passed:
+                continue
+            problem = self._unserved(task, rows)
+            if problem is not None and reused:
+                # Served rows only grow: what passed the older read passes this one too.
+                rows, reused = self._read_served(now), False
+                problem = self._unserved(task, rows)
+            if problem is not None:
+                return index, problem
+            passed.add(placement)
+        return None
 
     def _read_served(self, now: float) -> list[Served]:
         rows = self._served_rows() or []

@@ -7,6 +7,8 @@ jitter and a deadline.
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class TaskmanError(Exception):
     """Root of every taskman error."""
@@ -19,7 +21,26 @@ class ConfigError(TaskmanError):
 
 
 class ValidationError(TaskmanError):
-    """An application passed bad input (arguments, times, sizes, references)."""
+    """An application passed bad input (arguments, times, sizes, references).
+
+    Raised by ``Client.submit_many`` for one item of the batch, it names that item:
+    ``item`` is its index (None for a single submit or the batch as a whole), the
+    message starts with "item N: ", and ``reason`` is the message without it.
+    """
+
+    item: int | None = None
+    _reason: str | None = None
+
+    @property
+    def reason(self) -> str:
+        return self._reason if self._reason is not None else str(self)
+
+    def at_item(self, index: int) -> Self:
+        """This error, as the error of item ``index`` of a batch: same kind, message prefixed."""
+        self._reason = self.reason
+        self.item = index
+        self.args = (f"item {index}: {self._reason}",)
+        return self
 
 
 class UnservedError(ValidationError):

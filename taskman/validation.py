@@ -6,6 +6,7 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,8 @@ LIMIT_KEYS = {
     "output_bytes": "bytes the task may print to stdout and stderr",
 }
 MAX_CONCURRENCY = 10_000
+# json.dumps with options builds a new encoder per call; submit_many encodes thousands.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,32 @@ class NewTask:
     limits_json: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+
+    @property
+    def request_fields(self) -> dict[str, Any]:
+        """What an idempotency key stands for, named as the tasks table's columns."""
+        return {
+            "plugin": self.plugin,
+            "plugin_version": self.plugin_version,
+            "function": self.function,
+            "args": self.args_json,
+            "kwargs": self.kwargs_json,
+        }
+
+    def same_request(self, row: Mapping[str, Any]) -> bool:
+        """Whether ``row`` (a stored task, or ``request_fields``) asks for the same work.
+
+        One idempotency key may name one request only: the same function of the
+        same plugin and pinned version, with equal arguments. The other fields
+        (priority, times, limits) of a repeated submit do not count.
+        """
+        return bool(
+            row["plugin"] == self.plugin
+            and row["plugin_version"] == self.plugin_version
+            and row["function"] == self.function
+            and json.loads(row["args"]) == json.loads(self.args_json)
+            and json.loads(row["kwargs"]) == json.loads(self.kwargs_json)
+        )
 
 
 def check_function(function: object) -> str:
@@ -93,7 +122,7 @@ def check_aware(name: str, value: object) -> datetime | None:
 
 def encode_json(name: str, value: object) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        return _JSON.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{name} is not JSON-serialisable: {exc}") from None
 
@@ -118,8 +147,12 @@ def build_task(
     concurrency_limit: object = None,
     now: datetime | None = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
+    request_id: str | None = None,
 ) -> NewTask:
-    """Validate one submission; every problem is a ValidationError that says what is wrong."""
+    """Validate one submission; every problem is a ValidationError that says what is wrong.
+
+    ``request_id`` (32 characters, unique) defaults to a fresh uuid4's hex.
+    """
     fn = check_function(function)
     plugin_name = check_plugin(plugin)
     pinned = check_version(version)
@@ -127,7 +160,7 @@ def build_task(
     checked_priority = _check_priority(priority)
     nb, na = _check_window(not_before, not_after, now)
     return NewTask(
-        request_id=uuid.uuid4().hex,
+        request_id=request_id or uuid.uuid4().hex,
         plugin=plugin_name,
         plugin_version=pinned,
         function=fn,
@@ -157,7 +190,7 @@ def _encode_arguments(args: Any, kwargs: Any, max_payload: int) -> tuple[str, st
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise ValidationError("kwargs must be a dict with string keys")
     args_json = encode_json("args", list(args))
-    kwargs_json = encode_json("kwargs", kwargs)
+    kwargs_json = encode_json("kwargs", kwargs) if kwargs else "{}"
     size = len(args_json.encode()) + len(kwargs_json.encode())
     if size > max_payload:
         raise PayloadTooLargeError(
@@ -183,10 +216,12 @@ def _check_window(
     """(not_before, not_after) as naive UTC; not_after must be later than both."""
     nb = check_aware("not_before", not_before)
     na = check_aware("not_after", not_after)
-    current = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
-    if na is not None and nb is not None and na <= nb:
+    if na is None:
+        return nb, na
+    if nb is not None and na <= nb:
         raise ValidationError("not_after must be later than not_before")
-    if na is not None and na <= current:
+    current = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    if na <= current:
         raise ValidationError(f"not_after {na.isoformat()}Z is already in the past")
     return nb, na
 

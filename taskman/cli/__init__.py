@@ -16,6 +16,7 @@ EPILOG = """examples:
   taskman db migrate --dsn mysql://taskman:pw@127.0.0.1:3306/taskman
   taskman node --config node.toml
   taskman submit demo.tasks:add --plugin demo --args '[2, 3]' --wait
+  taskman submit --from-file tasks.jsonl    # one JSON object per line, one transaction
   taskman status 42 --json
   taskman lab up            # a local cluster (MariaDB, ZooKeeper, two nodes) to try things on
 

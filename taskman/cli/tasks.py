@@ -17,6 +17,7 @@ from taskman.cli.common import (
 )
 from taskman.cli.exitcodes import Exit
 from taskman.cli.follow import Follower, Interrupted, is_terminal
+from taskman.cli.task_file import FROM_FILE_EPILOG, submit_file
 from taskman.client import Client
 from taskman.errors import ValidationError
 from taskman.models import Task
@@ -95,15 +96,43 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "submit",
-        help="queue a task",
-        epilog="example: taskman submit demo.tasks:add --plugin demo --args '[2, 3]' --wait\n\n"
+        help="queue a task, or many from a file of JSON lines",
+        epilog="examples:\n"
+        "  taskman submit demo.tasks:add --plugin demo --args '[2, 3]' --wait\n"
+        "  taskman submit --from-file tasks.jsonl --json\n\n"
         "A plugin, version or datacenter no node has ever served, or a function outside\n"
         "the plugin's allowlist, is refused (exit 65) unless --allow-unserved.\n\n"
+        + FROM_FILE_EPILOG
+        + "\n"
         + WAIT_EPILOG.replace("While it waits", "With --wait, while it waits"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("function", help="package.module:callable")
-    p.add_argument("--plugin", required=True, help="the server plugin that has the function")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("function", nargs="?", help="package.module:callable")
+    what.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="submit the tasks of FILE (- for stdin), one JSON object per line, in one "
+        "transaction (see below)",
+    )
+    _add_task_flags(p)
+    p.add_argument(
+        "--allow-unserved",
+        action="store_true",
+        help="queue it even if no node has ever served its plugin, version, datacenter or "
+        "function (a node that will serve it starts later)",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the task to finish")
+    p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+    add_quiet(p)
+    add_dsn(p)
+    add_json(p)
+    p.set_defaults(handler=submit, usage_error=p.error)
+
+
+def _add_task_flags(p: argparse.ArgumentParser) -> None:
+    """The fields of one task (with --from-file, each line has its own: PER_TASK_FLAGS)."""
+    p.add_argument("--plugin", help="the server plugin that has the function (required)")
     p.add_argument("--args", help="positional arguments as a JSON list")
     p.add_argument("--kwargs", help="keyword arguments as a JSON object")
     p.add_argument("--version", dest="plugin_version", help="pin a plugin version")
@@ -131,18 +160,6 @@ def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--concurrency-key", help="the key for --concurrency-limit (default: plugin and function)"
     )
-    p.add_argument(
-        "--allow-unserved",
-        action="store_true",
-        help="queue it even if no node has ever served its plugin, version, datacenter or "
-        "function (a node that will serve it starts later)",
-    )
-    p.add_argument("--wait", action="store_true", help="wait for the task to finish")
-    p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
-    add_quiet(p)
-    add_dsn(p)
-    add_json(p)
-    p.set_defaults(handler=submit)
 
 
 def _final_code(task: Task) -> int:
@@ -150,6 +167,10 @@ def _final_code(task: Task) -> int:
 
 
 def submit(args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        return submit_file(args)
+    if args.plugin is None:
+        args.usage_error("the following arguments are required: --plugin")
     with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
         task_id = client.submit(
             args.function,

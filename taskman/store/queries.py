@@ -40,17 +40,31 @@ TASK_COLUMNS = (
     "error_message, created_at, started_at, finished_at, updated_at"
 )
 
-INSERT_TASK = (
+# A submit inserts one row; submit_many a chunk of rows per statement: {rows} is
+# INSERT_TASKS_ROW once per task, joined by ", ". NOW(6) is one value per statement,
+# so a chunk's tasks are due together and claimed in id order, which is item order.
+INSERT_TASKS = (
     "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
     "kwargs, priority, datacenter, not_before, not_after, run_after, timeout_seconds, "
     "max_attempts, retry_backoff_seconds, limits, concurrency_key, concurrency_limit, state) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, GREATEST(NOW(6), COALESCE(%s, NOW(6))), "
+    "VALUES {rows}"
+)
+INSERT_TASKS_ROW = (
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, GREATEST(NOW(6), COALESCE(%s, NOW(6))), "
     "%s, %s, %s, %s, %s, %s, 'queued')"
 )
+INSERT_TASK = INSERT_TASKS.format(rows=INSERT_TASKS_ROW)
 TASK_BY_REQUEST_ID = "SELECT id FROM tasks WHERE request_id = %s"
 TASK_BY_IDEMPOTENCY_KEY = (
     "SELECT id, plugin, plugin_version, `function`, args, kwargs FROM tasks "
     "WHERE idempotency_key = %s"
+)
+# The same lookups for a batch. Its request ids share a prefix (taskman/bulk.py): one
+# range of the unique index holds them all. {keys} is one %s per key of a chunk.
+TASKS_BY_REQUEST_ID_RANGE = "SELECT id, request_id FROM tasks WHERE request_id BETWEEN %s AND %s"
+TASKS_BY_IDEMPOTENCY_KEYS = (
+    "SELECT id, idempotency_key, plugin, plugin_version, `function`, args, kwargs FROM tasks "
+    "WHERE idempotency_key IN ({keys})"
 )
 GET_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s"
 GET_ATTEMPTS = (

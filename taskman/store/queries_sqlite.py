@@ -55,6 +55,8 @@ from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads
     TASK_COLUMNS,
     TASK_ID_BY_KEY,
     TASK_STATE,
+    TASKS_BY_IDEMPOTENCY_KEYS,
+    TASKS_BY_REQUEST_ID_RANGE,
     UI_CREATED_AT,
     UI_LEADERSHIP,
     UI_LIST,
@@ -92,14 +94,18 @@ SHOW_CREATE_TABLE = (  # table names come from LIST_TABLES
 
 # created_at/updated_at are set here, not by DEFAULT: the schema's defaults only
 # have SQLite's millisecond clock.
-INSERT_TASK = (
+INSERT_TASKS = (
     "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
     "kwargs, priority, datacenter, not_before, not_after, run_after, timeout_seconds, "
     "max_attempts, retry_backoff_seconds, limits, concurrency_key, concurrency_limit, state, "
     "created_at, updated_at) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, MAX(tm_now(), COALESCE(%s, tm_now())), "
+    "VALUES {rows}"
+)
+INSERT_TASKS_ROW = (
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, MAX(tm_now(), COALESCE(%s, tm_now())), "
     "%s, %s, %s, %s, %s, %s, 'queued', tm_now(), tm_now())"
 )
+INSERT_TASK = INSERT_TASKS.format(rows=INSERT_TASKS_ROW)
 
 ABORT_QUEUED = (
     "UPDATE tasks SET state = 'aborted', abort_requested = 1, finished_at = tm_now(), "

@@ -6,7 +6,6 @@ it was applied; ``False`` means a newer token owns the task (the caller is fence
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -101,14 +100,7 @@ class TaskStore(LeaderQueries):
         row = cur.fetchone()
         if row is None:
             return None
-        same = (
-            row["plugin"] == task.plugin
-            and row["plugin_version"] == task.plugin_version
-            and row["function"] == task.function
-            and json.loads(row["args"]) == json.loads(task.args_json)
-            and json.loads(row["kwargs"]) == json.loads(task.kwargs_json)
-        )
-        if not same:
+        if not task.same_request(row):
             raise IdempotencyConflictError(
                 f"idempotency key {task.idempotency_key!r} already names task {row['id']} "
                 "with a different function, plugin or arguments"

@@ -24,5 +24,6 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())["figures"]
     broken = {name: f for name, f in figures.items() if isinstance(f, dict) and "error" in f}
     assert not broken, broken
-    for family in ("runner_start", "throughput", "latency", "claims", "recovery", "memory"):
+    families = ("runner_start", "throughput", "latency", "claims", "recovery", "memory")
+    for family in (*families, "submit_many"):
         assert any(name.startswith(family) for name in figures), family

@@ -14,6 +14,7 @@ write"). The tests check what the caller is told against what the database holds
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pymysql
 import pymysql.cursors
 import pytest
 
-from taskman import Client, Outcome, TaskState
+from taskman import Client, Outcome, TaskRequest, TaskState
 from taskman.dsn import parse_dsn
 from taskman.store import ClaimRequest, Ending, Finish, TaskStore
 
@@ -47,6 +48,9 @@ class CommitReplyDropper:
         self.port: int = self._listener.getsockname()[1]
         self._armed = threading.Event()
         self.dropped = threading.Event()
+        # The last bytes the client sent before the COMMIT whose reply was lost: which
+        # transaction it ended (the statement's tail, when it took several reads).
+        self.before_commit = b""
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -89,11 +93,14 @@ class CommitReplyDropper:
     def _upstream(
         self, client: socket.socket, server: socket.socket, state: dict[str, Any]
     ) -> None:
+        last = b""
         try:
             while data := client.recv(65536):
                 if self._armed.is_set() and COMMIT_PACKET in data:
                     self._armed.clear()
+                    self.before_commit = last
                     state["drop_reply"] = True
+                last = data
                 server.sendall(data)
         except OSError:
             pass
@@ -202,18 +209,52 @@ def test_submit_whose_commit_reply_is_lost_inserts_exactly_once(
     dsn: str, proxy: CommitReplyDropper
 ) -> None:
     with Client(_via(dsn, proxy)) as client:
-        assert client.counts() == {}  # connect first: the next COMMIT is the INSERT's
+        # Connect first, and leave out the check of served plugins (its read is a
+        # transaction of its own): the next COMMIT is the INSERT's.
+        assert client.counts() == {}
         proxy.arm()
-        task_id = client.submit(FN, plugin="demo", args=["once"])
+        task_id = client.submit(FN, plugin="demo", args=["once"], allow_unserved=True)
         assert proxy.dropped.is_set()
+        assert b"INSERT INTO tasks" in proxy.before_commit
         assert _count(dsn) == 1
         assert _row(dsn, task_id)["args"] == '["once"]'
 
         proxy.arm()
-        keyed = client.submit(FN, plugin="demo", args=["keyed"], idempotency_key="k")
+        keyed = client.submit(
+            FN, plugin="demo", args=["keyed"], idempotency_key="k", allow_unserved=True
+        )
         assert proxy.dropped.is_set()
+        assert b"INSERT INTO tasks" in proxy.before_commit
         assert _count(dsn) == 2
         assert _row(dsn, keyed)["idempotency_key"] == "k"
+
+
+def test_submit_many_whose_commit_reply_is_lost_inserts_each_task_once(
+    dsn: str, proxy: CommitReplyDropper
+) -> None:
+    with Client(dsn) as client:
+        existing = client.submit(FN, plugin="demo", args=["keyed"], idempotency_key="k")
+    items: list[TaskRequest] = [
+        {"function": FN, "plugin": "demo", "args": [i]} for i in range(1200)
+    ]
+    items[600:600] = [{"function": FN, "plugin": "demo", "args": ["keyed"], "idempotency_key": "k"}]
+    items.append({"function": FN, "plugin": "demo", "args": ["new"], "idempotency_key": "n"})
+    items.append({"function": FN, "plugin": "demo", "args": ["new"], "idempotency_key": "n"})
+    with Client(_via(dsn, proxy)) as client:
+        assert client.counts() == {"queued": 1}  # connect first; unchecked: one transaction
+        proxy.arm()
+        ids = client.submit_many(items, allow_unserved=True)
+        assert proxy.dropped.is_set()
+        assert b"request_id BETWEEN" in proxy.before_commit  # the batch's last statement
+    assert _count(dsn) == 1 + 1200 + 1  # once each: not inserted again after the lost reply
+    assert ids[600] == existing and ids[-1] == ids[-2] != existing
+    assert [json.loads(_row(dsn, ids[i])["args"]) for i in (0, 599, 601, 1200)] == [
+        [0],
+        [599],
+        [600],
+        [1199],
+    ]
+    assert len(set(ids)) == 1200 + 2
 
 
 def test_finish_whose_commit_reply_is_lost_reports_that_it_applied(

@@ -89,6 +89,7 @@ def test_public_api_is_pinned() -> None:
         "StoreError",
         "Task",
         "TaskNotFoundError",
+        "TaskRequest",
         "TaskState",
         "TaskStateError",
         "TaskmanError",

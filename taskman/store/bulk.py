@@ -1,0 +1,170 @@
+"""BulkStore: a validated batch of tasks (``taskman.bulk``) inserted in one transaction.
+
+All or nothing: the batch's idempotency keys are looked up first, then the new
+rows go in with multi-row INSERTs of at most ``ROWS_PER_STATEMENT`` rows (and
+``BYTES_PER_STATEMENT`` of arguments, to stay under MySQL's max_allowed_packet),
+then their ids are read back by request id, and one COMMIT makes them durable.
+
+Ids are read back, not counted from the first: with ``innodb_autoinc_lock_mode=2``
+(Galera's) and ``auto_increment_increment`` (one per Galera node) a statement's
+rows need not be consecutive. They do grow in row order, so the new tasks' ids
+grow in item order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from taskman.bulk import Batch
+from taskman.errors import (
+    DuplicateKeyError,
+    IdempotencyConflictError,
+    StoreError,
+    TransientStoreError,
+)
+from taskman.store.backend import Cursor, StoreDatabase
+from taskman.validation import NewTask
+
+ROWS_PER_STATEMENT = 500
+BYTES_PER_STATEMENT = 4 * 1024 * 1024  # of args + kwargs JSON; MariaDB's packet limit is 16 MiB
+KEYS_PER_STATEMENT = 500  # idempotency keys per IN (...)
+
+
+class BulkStore:
+    def __init__(self, db: StoreDatabase) -> None:
+        self.db = db
+        self.q = db.q
+
+    def insert(self, batch: Batch) -> list[int]:
+        """Insert the batch's new tasks; the task id of every item, in item order.
+
+        An item whose idempotency key already names a task with the same request
+        gets that task's id; with a different request the whole batch fails
+        (IdempotencyConflictError naming the item) and nothing is written. A retry
+        after an ambiguous COMMIT finds the batch's rows by request id instead of
+        inserting them twice.
+        """
+        own = batch.own
+        if not own:
+            return []
+
+        def fn(cur: Cursor) -> list[int]:
+            found = self._by_key(cur, batch, own)
+            new = [i for i in own if i not in found]
+            for chunk in _chunks(batch.tasks, new):
+                self._insert_chunk(cur, [batch.tasks[i] for i in chunk])
+            found.update(self._by_request_id(cur, batch, new))
+            return _ids(batch, found)
+
+        def reread(cur: Cursor) -> list[int] | None:
+            # A COMMIT is all or nothing: if any row of ours is there, all are, and
+            # the other items were found by their keys; if none is, run it again.
+            found = self._by_request_id(cur, batch, own)
+            if not found:
+                return None
+            found.update(self._by_key(cur, batch, [i for i in own if i not in found]))
+            return _ids(batch, found)
+
+        return self.db.run(fn, on_ambiguous=reread)
+
+    def _insert_chunk(self, cur: Cursor, tasks: list[NewTask]) -> None:
+        sql = self.q.INSERT_TASKS.format(rows=", ".join([self.q.INSERT_TASKS_ROW] * len(tasks)))
+        try:
+            cur.execute(sql, [value for task in tasks for value in _row(task)])
+        except DuplicateKeyError:
+            # Another submit took one of the batch's idempotency keys after we looked
+            # them up (request ids are the batch's own): look again, in a new transaction.
+            raise TransientStoreError(
+                "an idempotency key of the batch was taken meanwhile; retrying"
+            ) from None
+
+    def _by_request_id(self, cur: Cursor, batch: Batch, items: list[int]) -> dict[int, int]:
+        """Item index -> id of the row its own request id made, for the items that have one."""
+        if not items:
+            return {}
+        index = {batch.tasks[i].request_id: i for i in items}
+        # One range read: a batch's request ids share a random prefix (Batch), so the
+        # range holds the batch's rows only; the lookup below ignores any other.
+        cur.execute(self.q.TASKS_BY_REQUEST_ID_RANGE, (min(index), max(index)))
+        return {
+            index[row["request_id"]]: int(row["id"])
+            for row in cur.fetchall()
+            if row["request_id"] in index
+        }
+
+    def _by_key(self, cur: Cursor, batch: Batch, items: list[int]) -> dict[int, int]:
+        """Item index -> id of the task its idempotency key already names (same request).
+
+        A key that names a different request fails the batch, naming the item.
+        """
+        index = {key: i for i in items if (key := batch.tasks[i].idempotency_key) is not None}
+        found: dict[int, int] = {}
+        for part in _slices(list(index), KEYS_PER_STATEMENT):
+            cur.execute(self.q.TASKS_BY_IDEMPOTENCY_KEYS.format(keys=_marks(part)), part)
+            for row in cur.fetchall():
+                item = index[row["idempotency_key"]]
+                if not batch.tasks[item].same_request(row):
+                    raise IdempotencyConflictError(
+                        f"idempotency key {row['idempotency_key']!r} already names task "
+                        f"{row['id']} with a different function, plugin or arguments"
+                    ).at_item(item)
+                found[item] = int(row["id"])
+        return found
+
+
+def _ids(batch: Batch, found: dict[int, int]) -> list[int]:
+    """Every item's id: its own task's, or its twin's."""
+    missing = [i for i in batch.own if i not in found]
+    if missing:  # a row of this very transaction vanished: the store is not what it says
+        raise StoreError(f"inserted tasks of items {missing[:5]} were not found again")
+    return [found[twin] for twin in batch.twins]
+
+
+def _row(task: NewTask) -> tuple[Any, ...]:
+    """INSERT_TASKS_ROW's parameters, in order (the same as INSERT_TASK's)."""
+    return (
+        task.request_id,
+        task.idempotency_key,
+        task.plugin,
+        task.plugin_version,
+        task.function,
+        task.args_json,
+        task.kwargs_json,
+        task.priority,
+        task.datacenter,
+        task.not_before,
+        task.not_after,
+        task.not_before,
+        task.timeout,
+        task.max_attempts,
+        task.retry_backoff,
+        task.limits_json,
+        task.concurrency_key,
+        task.concurrency_limit,
+    )
+
+
+def _chunks(tasks: Sequence[NewTask], items: list[int]) -> Iterator[list[int]]:
+    """The items in order, cut into statements of bounded rows and argument bytes."""
+    chunk: list[int] = []
+    size = 0
+    for i in items:
+        task = tasks[i]
+        task_bytes = len(task.args_json.encode()) + len(task.kwargs_json.encode())
+        if chunk and (len(chunk) >= ROWS_PER_STATEMENT or size + task_bytes > BYTES_PER_STATEMENT):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += task_bytes
+    if chunk:
+        yield chunk
+
+
+def _slices(values: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _marks(values: list[str]) -> str:
+    return ", ".join(["%s"] * len(values))
