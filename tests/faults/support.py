@@ -64,22 +64,25 @@ class FreezableProxy:
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
-        while not self._closed.is_set():
-            if self._frozen.is_set():
-                time.sleep(0.01)
-                continue
-            try:
+        try:
+            while not self._closed.is_set():
+                if self._frozen.is_set():
+                    time.sleep(0.01)
+                    continue
                 ready, _, _ = select.select([a, b], [], [], 0.05)
                 for sock in ready:
                     data = sock.recv(65536)
                     if not data:
-                        raise OSError("closed")
+                        return
                     peers[sock].sendall(data)
-            except OSError:
-                for sock in (a, b):
-                    with contextlib.suppress(OSError):
-                        sock.close()
-                return
+        except OSError:
+            return
+        finally:
+            # Always, also when close() ran before these sockets were listed:
+            # an unclosed socket is a ResourceWarning in whichever test runs next.
+            for sock in (a, b):
+                with contextlib.suppress(OSError):
+                    sock.close()
 
 
 class DeathWatch:
