@@ -71,7 +71,7 @@ class BulkStore:
     def _insert_chunk(self, cur: Cursor, tasks: list[NewTask]) -> None:
         sql = self.q.INSERT_TASKS.format(rows=", ".join([self.q.INSERT_TASKS_ROW] * len(tasks)))
         try:
-            cur.execute(sql, [value for task in tasks for value in _row(task)])
+            cur.execute(sql, [value for task in tasks for value in insert_params(task)])
         except DuplicateKeyError:
             # Another submit took one of the batch's idempotency keys after we looked
             # them up (request ids are the batch's own): look again, in a new transaction.
@@ -121,7 +121,7 @@ def _ids(batch: Batch, found: dict[int, int]) -> list[int]:
     return [found[twin] for twin in batch.twins]
 
 
-def _row(task: NewTask) -> tuple[Any, ...]:
+def insert_params(task: NewTask) -> tuple[Any, ...]:
     """INSERT_TASKS_ROW's parameters, in order (the same as INSERT_TASK's)."""
     return (
         task.request_id,

@@ -20,6 +20,7 @@ from taskman.errors import (
 from taskman.models import Attempt, Task, task_fields
 from taskman.states import ALLOWED_TRANSITIONS, TaskState
 from taskman.store.backend import Cursor, StoreDatabase, make_database
+from taskman.store.bulk import insert_params
 from taskman.store.leader import LeaderQueries
 from taskman.store.records import (
     Candidate,
@@ -55,29 +56,7 @@ class TaskStore(LeaderQueries):
 
         def fn(cur: Cursor) -> int:
             try:
-                cur.execute(
-                    self.q.INSERT_TASK,
-                    (
-                        task.request_id,
-                        task.idempotency_key,
-                        task.plugin,
-                        task.plugin_version,
-                        task.function,
-                        task.args_json,
-                        task.kwargs_json,
-                        task.priority,
-                        task.datacenter,
-                        task.not_before,
-                        task.not_after,
-                        task.not_before,
-                        task.timeout,
-                        task.max_attempts,
-                        task.retry_backoff,
-                        task.limits_json,
-                        task.concurrency_key,
-                        task.concurrency_limit,
-                    ),
-                )
+                cur.execute(self.q.INSERT_TASK, insert_params(task))
                 return int(cur.lastrowid)
             except DuplicateKeyError:
                 pass  # this request's row, or the idempotency key's: found below
