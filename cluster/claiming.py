@@ -50,7 +50,13 @@ class Prepared:
 
 
 def runner_spec(claim: Claim, plugin: Plugin, *, heartbeat: float, watchdog: float) -> RunnerSpec:
-    """What the runner needs to run one attempt: the claim's call in the plugin's world."""
+    """What the runner needs to run one attempt: the claim's call in the plugin's world.
+
+    A CPU-time limit is an rlimit of the whole process, which a pooled runner would
+    spend across attempts: an attempt that has one runs in a process of its own.
+    """
+    limits = {**plugin.limits, **(claim.limits or {})}
+    pooled = plugin.isolation_for(claim.function) == "pooled" and "cpu_seconds" not in limits
     return RunnerSpec(
         call=claim,
         python=plugin.python,
@@ -59,10 +65,13 @@ def runner_spec(claim: Claim, plugin: Plugin, *, heartbeat: float, watchdog: flo
         cwd=str(plugin.directory),
         heartbeat_interval=heartbeat,
         watchdog_timeout=watchdog,
-        limits={**plugin.limits, **(claim.limits or {})},
+        limits=limits,
         fork=plugin.fork,
         preload=plugin.preload,
         run_as=plugin.run_as,
+        pooled=pooled,
+        max_tasks_per_runner=plugin.max_tasks_per_runner,
+        max_runner_memory_mb=plugin.max_runner_memory_mb,
     )
 
 

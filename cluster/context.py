@@ -13,7 +13,7 @@ from taskman.cluster.contracts import Coordinator
 from taskman.cluster.task_events import TaskEvents
 from taskman.config import NodeConfig
 from taskman.plugins import PluginRegistry
-from taskman.runner import Runner, RunnerEvent, RunnerSpec
+from taskman.runner import RunnerEvent, RunnerSpec, start_runner
 from taskman.store import TaskStore
 
 
@@ -33,7 +33,7 @@ class NodeContext:
     events: TaskEvents
     log: Any  # structlog's bound logger
     clock: Callable[[], float] = time.monotonic
-    runner_factory: RunnerFactory = Runner
+    runner_factory: RunnerFactory = start_runner
     runner_events: queue.Queue[RunnerEvent] = field(default_factory=queue.Queue)
     active: dict[int, ActiveAttempt] = field(default_factory=dict)
 

@@ -38,7 +38,7 @@ from taskman.dsn import parse_dsn
 from taskman.errors import SchemaError
 from taskman.logs import add_secrets
 from taskman.plugins import PluginRegistry
-from taskman.runner import Runner
+from taskman.runner import existing_runner_pool, start_runner
 from taskman.store import TaskStore, make_database
 from taskman.store.migrations import applied_versions, latest_version
 
@@ -64,7 +64,7 @@ class Node:
         registry: PluginRegistry | None = None,
         coordination: Callable[[NodeConfig], Coordinator] | None = None,
         *,
-        runner_factory: RunnerFactory = Runner,
+        runner_factory: RunnerFactory = start_runner,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``coordination`` builds the coordinator (default: ZooKeeper, ``ZkCoordination``)."""
@@ -229,6 +229,9 @@ class Node:
         self._guard_done.set()
         self._leader_done.set()
         self._leader_thread.join(timeout=5)
+        pool = existing_runner_pool()
+        if pool is not None:
+            pool.close()  # idle pooled runners: nothing of theirs is running
         self.coord.close()
         self.store.close()
         self.log.info("node.stopped", counters=self.counters)

@@ -23,10 +23,20 @@ not run in a forked process), and ``preload = ["demo.tasks"]`` names modules the
 zygote imports once, before it forks (leave out modules that start threads or open
 connections at import time). Without a zygote (fork = false, or one that cannot
 start) every attempt cold-spawns; both run the same child code.
+
+``isolation = "pooled"`` runs attempts one after another in warm runner processes
+instead of a process per attempt (docs/runner.md: when to choose it)::
+
+    isolation = "pooled"                     # default "process"
+    max_tasks_per_runner = 1000              # a pooled runner is replaced after this many
+    max_runner_memory_mb = 400               # ... or once an attempt leaves it larger
+    [isolation_by_function]                  # per function (exact name, then patterns)
+    "demo.tasks:resize_*" = "process"
 """
 
 from __future__ import annotations
 
+import fnmatch
 import grp
 import os
 import pwd
@@ -66,8 +76,14 @@ KNOWN_KEYS = frozenset(
         "user",
         "group",
         "allow_root",
+        "isolation",
+        "isolation_by_function",
+        "max_tasks_per_runner",
+        "max_runner_memory_mb",
     }
 )
+ISOLATIONS = ("process", "pooled")
+DEFAULT_MAX_TASKS_PER_RUNNER = 1000
 
 
 # Turns a message into the PluginError that names the manifest's file.
@@ -95,6 +111,19 @@ class Plugin:
     # Runners drop to this user (and group) before any plugin code runs.
     run_as: tuple[int, int] | None = None
     allow_root: bool = False
+    isolation: str = "process"  # "pooled": warm runners that run attempts one after another
+    isolation_by_function: dict[str, str] = field(default_factory=dict)  # pattern -> isolation
+    max_tasks_per_runner: int = DEFAULT_MAX_TASKS_PER_RUNNER  # pooled: recycle after this many
+    max_runner_memory_mb: int | None = None  # pooled: recycle a runner left larger than this
+
+    def isolation_for(self, function: str) -> str:
+        """ "process" or "pooled" for this function: an exact name first, then patterns."""
+        if function in self.isolation_by_function:
+            return self.isolation_by_function[function]
+        for pattern, isolation in self.isolation_by_function.items():
+            if fnmatch.fnmatchcase(function, pattern):
+                return isolation
+        return self.isolation
 
     def allows(self, function: str) -> bool:
         return function_allowed(self.functions, function)
@@ -128,6 +157,7 @@ def load_manifest(directory: Path) -> Plugin:
     try:
         limits, concurrency = _limits_and_caps(data)
         fork, preload = _runner_start(data)
+        pooling = _pooling(data)
     except ValidationError as exc:
         raise fail(str(exc)) from None
     run_as, allow_root = _run_as(data, fail)
@@ -146,6 +176,7 @@ def load_manifest(directory: Path) -> Plugin:
         preload=preload,
         run_as=run_as,
         allow_root=allow_root,
+        **pooling,
     )
 
 
@@ -270,6 +301,42 @@ def _runner_start(data: dict[str, Any]) -> tuple[bool, tuple[str, ...]]:
     ):
         raise ValidationError("'preload' must be a list of module names like \"demo.tasks\"")
     return fork, tuple(preload)
+
+
+def _pooling(data: dict[str, Any]) -> dict[str, Any]:
+    """The pooled-runner keys, checked: isolation, its per-function overrides, the recycling."""
+
+    def isolation(where: str, value: Any) -> str:
+        if value not in ISOLATIONS:
+            raise ValidationError(f'{where} must be "process" or "pooled", got {value!r}')
+        return str(value)
+
+    by_function = data.get("isolation_by_function", {})
+    if not isinstance(by_function, dict):
+        raise ValidationError("[isolation_by_function] must map function patterns to isolations")
+    for pattern in by_function:
+        if ":" not in pattern:
+            raise ValidationError(f"[isolation_by_function] pattern {pattern!r} must contain ':'")
+    max_tasks = data.get("max_tasks_per_runner", DEFAULT_MAX_TASKS_PER_RUNNER)
+    if isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1:
+        raise ValidationError(
+            f"'max_tasks_per_runner' must be a whole number >= 1, got {max_tasks!r}"
+        )
+    memory = data.get("max_runner_memory_mb")
+    if memory is not None and (
+        isinstance(memory, bool) or not isinstance(memory, int) or memory < 16
+    ):
+        raise ValidationError(
+            f"'max_runner_memory_mb' must be a whole number >= 16, got {memory!r}"
+        )
+    return {
+        "isolation": isolation("'isolation'", data.get("isolation", "process")),
+        "isolation_by_function": {
+            str(p): isolation(f"[isolation_by_function] {p!r}", v) for p, v in by_function.items()
+        },
+        "max_tasks_per_runner": max_tasks,
+        "max_runner_memory_mb": memory,
+    }
 
 
 def check_reference(function: str) -> None:

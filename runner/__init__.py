@@ -4,6 +4,13 @@
 and needs only the standard library.
 """
 
+from taskman.runner.pool import (
+    PooledAttempt,
+    RunnerPool,
+    existing_runner_pool,
+    shared_runner_pool,
+    start_runner,
+)
 from taskman.runner.supervisor import (
     EXIT_ORPHANED,
     ORPHANED_EXITS,
@@ -16,8 +23,13 @@ from taskman.runner.supervisor import (
 __all__ = [
     "EXIT_ORPHANED",
     "ORPHANED_EXITS",
+    "PooledAttempt",
     "Runner",
     "RunnerEvent",
+    "RunnerPool",
     "RunnerSpec",
     "describe_exit",
+    "existing_runner_pool",
+    "shared_runner_pool",
+    "start_runner",
 ]

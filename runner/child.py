@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import pwd
+import queue
 import resource
 import select
 import signal
@@ -276,22 +277,43 @@ def error_message(
     }
 
 
+class Turn:
+    """Which attempt this runner is running now, shared by the main thread and the node's.
+
+    A process-mode runner runs one attempt; a pooled one (spec ``pooled``) waits
+    for the next spec after each and runs attempts one after another.
+    """
+
+    def __init__(self) -> None:
+        self.fence: int | None = None  # the attempt running now; None between attempts
+        self.specs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+
+    def begin(self, spec: dict[str, Any]) -> None:
+        self.fence = int(spec["fence"])
+
+    def end(self) -> None:
+        self.fence = None
+
+
 def main() -> None:
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]  # the runner's own folder is not the task's import path
     channel, spec = connect_to_node()
     runtime = load_runtime(spec["runtime_path"])
     watchdog = float(spec["watchdog_timeout"])
-    last_ping = time.monotonic()
+    turn = Turn()
+    turn.begin(spec)
 
     def on_term(signum: int, frame: Any) -> None:
+        if turn.fence is None:
+            return  # between attempts: the node stops a pooled runner by closing its socket
         runtime._ctx.abort.set()
         raise runtime.Terminated("stopped by the node")
 
     signal.signal(signal.SIGTERM, on_term)
     threading.Thread(
         target=serve_node,
-        args=(channel, spec, runtime, watchdog, last_ping),
+        args=(channel, spec, runtime, watchdog, turn),
         name="node",
         daemon=True,
     ).start()
@@ -301,18 +323,46 @@ def main() -> None:
     drop_privileges(spec.get("run_as"))
     for entry in reversed(spec["sys_path"]):
         sys.path.insert(0, entry)
-    runtime._bind(spec["task_id"], spec["attempt"], spec["fence"], channel.send)
-    channel.send({"t": "ready", "pid": os.getpid()})
-
     me = os.getpid()
+    next_spec: dict[str, Any] | None = spec
+    while next_spec is not None:
+        signal.signal(signal.SIGTERM, on_term)  # an earlier attempt's task may have changed it
+        final = run_attempt(channel, next_spec, runtime, limits, turn)
+        if os.getpid() != me:
+            os._exit(EXIT_OK)  # a fork of the task that returned into us: only the runner reports
+        channel.send(final)
+        if not spec.get("pooled"):
+            return
+        next_spec = turn.specs.get()
+
+
+def run_attempt(
+    channel: Channel,
+    spec: dict[str, Any],
+    runtime: types.ModuleType,
+    limits: dict[str, int],
+    turn: Turn,
+) -> dict[str, Any]:
+    """One attempt, start to its final message (tagged with its fence, as all of its own)."""
+    fence = int(spec["fence"])
+
+    def send(message: dict[str, Any]) -> None:
+        channel.send({**message, "f": fence})
+
+    runtime._ctx.pending = None
+    runtime._bind(spec["task_id"], spec["attempt"], fence, send)
+    send({"t": "ready", "pid": os.getpid()})
     final = run_task(spec, runtime, limits)
-    if os.getpid() != me:
-        os._exit(EXIT_OK)  # a fork of the task that returned into us: only the runner reports
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # too late to stop: let the report out
+    turn.end()  # from here a SIGTERM no longer stops a task: let the report out
+    runtime._flush()
     # Nothing the task started outlives the attempt: the node records the outcome
-    # (and frees the slot) as soon as it reads this last message.
+    # (and frees the slot, or hands this runner the next attempt) as soon as it reads
+    # this last message.
     kill_descendants()
-    channel.send(final)
+    with contextlib.suppress(BaseException):  # the task may have closed them
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return {**final, "f": fence}
 
 
 def connect_to_node() -> tuple[Channel, dict[str, Any]]:
@@ -334,14 +384,16 @@ def serve_node(
     spec: dict[str, Any],
     runtime: types.ModuleType,
     watchdog: float,
-    last_ping: float,
+    turn: Turn,
 ) -> None:
-    """The node's pings and abort requests in, heartbeats out, and the watchdog.
+    """The node's pings, aborts and (pooled) next specs in, heartbeats out, and the watchdog.
 
-    One thread does it all: a thread less to start in every runner.
+    One thread does it all: a thread less to start in every runner. The watchdog
+    counts only while an attempt runs: an idle pooled runner has nothing to stop.
     """
     interval = min(float(spec["heartbeat_interval"]), watchdog / 4)
     next_beat = time.monotonic() + interval
+    last_ping = time.monotonic()
     while True:
         try:
             message = channel.recv(timeout=max(0.0, next_beat - time.monotonic()))
@@ -350,16 +402,27 @@ def serve_node(
         except (OSError, ValueError):
             message = None
         if message is None:
+            if turn.fence is None and spec.get("pooled"):
+                turn.specs.put(None)  # an idle pooled runner the node let go: a clean exit
+                return
             die("node pipe closed")
             return
         now = time.monotonic()
         if message:
             last_ping = now
-            if message.get("t") == "abort":
+            kind = message.get("t")
+            if kind == "abort" and message.get("f", turn.fence) == turn.fence:
                 runtime._ctx.abort.set()
+            elif kind == "spec" and turn.fence is None:
+                # Begun here, not in the main thread: an abort may follow at once.
+                runtime._ctx.abort.clear()
+                turn.begin(message)
+                turn.specs.put(message)
+            elif kind == "stop":
+                turn.specs.put(None)
         if now >= next_beat:
             next_beat = now + interval
-            if now - last_ping > watchdog:
+            if turn.fence is not None and now - last_ping > watchdog:
                 die(f"no word from the node for {watchdog:.1f} s")
             runtime._flush()
             channel.send({"t": "hb"})

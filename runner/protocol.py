@@ -2,6 +2,10 @@
 
 child -> node: ready, hb, progress, result, error
 node -> child: spec (first line), ping, abort
+pooled runners only: node -> child: spec (the next attempt), stop
+
+A runner tags each message about an attempt with that attempt's fence (``f``), so a
+pooled runner's messages are never taken for another attempt's.
 
 What a runner sends is task-controlled input: ``from_runner`` keeps only the
 messages and fields the node uses, with every string made safe to store.
@@ -58,10 +62,15 @@ def from_runner(line: bytes) -> dict[str, Any] | None:
         return None
     kind = message.get("t")
     if kind in ("hb", "ready"):
-        return {"t": kind}
-    cleaner = _CLEANERS.get(kind) if isinstance(kind, str) else None
-    # None: not a runner's message (a forged "exit", a node's "spec"): ignored.
-    return None if cleaner is None else cleaner(message)
+        cleaned: dict[str, Any] | None = {"t": kind}
+    else:
+        cleaner = _CLEANERS.get(kind) if isinstance(kind, str) else None
+        # None: not a runner's message (a forged "exit", a node's "spec"): ignored.
+        cleaned = None if cleaner is None else cleaner(message)
+    fence = message.get("f")
+    if cleaned is not None and isinstance(fence, int) and not isinstance(fence, bool):
+        cleaned["f"] = fence  # the attempt it is about (a pooled runner runs many)
+    return cleaned
 
 
 def _progress(message: dict[str, Any]) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from taskman.errors import RunnerError
 from taskman.models import AttemptCall
@@ -77,11 +77,21 @@ class RunnerSpec:
     run_as: tuple[int, int] | None = None  # (uid, gid) the child drops to before task code
     fork: bool = True  # fork from the plugin version's zygote; False: always a fresh interpreter
     preload: tuple[str, ...] = ()  # modules the zygote imports before it forks
+    # Run in a warm runner that runs attempts one after another (runner/pool.py).
+    pooled: bool = False
+    max_tasks_per_runner: int = 1000  # pooled: the runner is replaced after this many attempts
+    max_runner_memory_mb: int | None = None  # pooled: ... or once an attempt leaves it larger
+
+
+class EventSource(Protocol):
+    """What sent a runner event: a Runner, or a pooled runner's attempt (runner/pool.py)."""
+
+    spec: RunnerSpec
 
 
 @dataclass
 class RunnerEvent:
-    runner: Runner
+    runner: EventSource
     message: dict[str, Any]
 
 
@@ -113,6 +123,7 @@ class Runner:
     _started_ticks: int = 0  # the runner's start time (/proc clock ticks)
     _seen_sessions: set[int] = field(default_factory=set)  # and their sessions
     _reported: bool = False  # a final message came: the runner cleaned up before sending it
+    _output_lock: threading.Lock = field(default_factory=threading.Lock)  # a chunk read and kept
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -144,7 +155,7 @@ class Runner:
         except RunnerError as exc:
             with self._state_lock:
                 self._spawned = True  # for good: nothing left to signal
-            self.events.put(RunnerEvent(self, {"t": "exit", "code": None, "error": str(exc)}))
+            self._emit({"t": "exit", "code": None, "error": str(exc)})
             return
         with self._state_lock:
             self._spawned = True
@@ -233,21 +244,11 @@ class Runner:
             tracker.track(self.pid)  # orphans left in its session get reaped
 
     def _spec_message(self) -> dict[str, Any]:
-        return {
-            "t": "spec",
-            "task_id": self.spec.call.task_id,
-            "attempt": self.spec.call.attempt,
-            "fence": self.spec.call.fence,
-            "function": self.spec.call.function,
-            "args": self.spec.call.args,
-            "kwargs": self.spec.call.kwargs,
-            "sys_path": self.spec.sys_path,
-            "runtime_path": _runtime_path(),
-            "heartbeat_interval": self.spec.heartbeat_interval,
-            "watchdog_timeout": self.spec.watchdog_timeout,
-            "limits": self.spec.limits,
-            "run_as": self.spec.run_as,
-        }
+        return spec_message(self.spec)
+
+    def _emit(self, message: dict[str, Any]) -> None:
+        """Hand a message (or the exit) to the node's loop; a pooled runner routes it."""
+        self.events.put(RunnerEvent(self, message))
 
     # -- talk ----------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> bool:
@@ -293,7 +294,7 @@ class Runner:
                 if message is not None:  # a broken or foreign line: ignored
                     if message["t"] in ("result", "error"):
                         self._reported = True
-                    self.events.put(RunnerEvent(self, message))
+                    self._emit(message)
         except OSError:
             pass
         finally:
@@ -304,7 +305,7 @@ class Runner:
     def _violation(self, reason: str) -> None:
         """The runner broke the protocol: its attempt ends with this reason (never the node)."""
         error = {"t": "error", "type": "ProtocolError", "message": reason, "permanent": False}
-        self.events.put(RunnerEvent(self, error))
+        self._emit(error)
         self.kill()
 
     def _watch_exit(self) -> None:
@@ -330,7 +331,7 @@ class Runner:
                 sock.shutdown(socket.SHUT_RDWR)
             self._messages_done.wait(EOF_GRACE)
         self._output_done.wait(EOF_GRACE * 2)
-        self.events.put(RunnerEvent(self, {"t": "exit", "code": code}))
+        self._emit({"t": "exit", "code": code})
 
     def _snapshot(self) -> None:
         # Remembered so that orphans of a runner that dies without cleaning up
@@ -399,23 +400,29 @@ class Runner:
                         if time.monotonic() - exited_at > EOF_GRACE:
                             break
                     continue
-                chunk = os.read(stream.fileno(), 65536)
+                with self._output_lock:
+                    chunk = os.read(stream.fileno(), 65536)
+                    if chunk:
+                        self._on_output(chunk, allowed)
                 if not chunk:
                     break
-                self.output_bytes += len(chunk)
-                if allowed is not None and self.output_bytes > allowed and not self.output_exceeded:
-                    self.output_exceeded = True
-                    self.kill()
-                self._tail.append(chunk)
-                self._tail_size += len(chunk)
-                while self._tail_size - len(self._tail[0]) >= OUTPUT_TAIL:
-                    self._tail_size -= len(self._tail.popleft())
         except OSError:
             pass
         finally:
             with contextlib.suppress(OSError):
                 stream.close()  # the read end is ours alone: never leave it to the GC
             self._output_done.set()
+
+    def _on_output(self, chunk: bytes, allowed: int | None) -> None:
+        """Keep the tail of the attempt's output; kill it past its output limit."""
+        self.output_bytes += len(chunk)
+        if allowed is not None and self.output_bytes > allowed and not self.output_exceeded:
+            self.output_exceeded = True
+            self.kill()
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail[0]) >= OUTPUT_TAIL:
+            self._tail_size -= len(self._tail.popleft())
 
     def output_tail(self) -> str:
         return clean_text(b"".join(self._tail)[-OUTPUT_TAIL:].decode("utf-8", "replace"))
@@ -458,6 +465,26 @@ class Runner:
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def spec_message(spec: RunnerSpec) -> dict[str, Any]:
+    """The ``spec`` line that tells a runner which attempt to run, and how."""
+    return {
+        "t": "spec",
+        "task_id": spec.call.task_id,
+        "attempt": spec.call.attempt,
+        "fence": spec.call.fence,
+        "function": spec.call.function,
+        "args": spec.call.args,
+        "kwargs": spec.call.kwargs,
+        "sys_path": spec.sys_path,
+        "runtime_path": _runtime_path(),
+        "heartbeat_interval": spec.heartbeat_interval,
+        "watchdog_timeout": spec.watchdog_timeout,
+        "limits": spec.limits,
+        "run_as": spec.run_as,
+        "pooled": spec.pooled,
+    }
 
 
 # runner/child.py's exit status when the node went silent or away (it imports nothing of

@@ -33,6 +33,20 @@ def ok(value: Any = "fine") -> Any:
     return value
 
 
+def pid() -> int:
+    """The process that ran this attempt (a pooled runner runs many)."""
+    return os.getpid()
+
+
+_held: list[bytearray] = []
+
+
+def hold_memory(megabytes: int) -> int:
+    """Leave memory behind in the process: a pooled runner's memory ceiling recycles it."""
+    _held.extend(bytearray(b"x" * (1024 * 1024)) for _ in range(megabytes))
+    return len(_held)
+
+
 def fork_and_raise(pid_file: str) -> None:
     """os.fork() a child that sleeps (holding the runner's socket), then fail."""
     pid = os.fork()
