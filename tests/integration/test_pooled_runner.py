@@ -100,7 +100,7 @@ def test_attempts_run_one_after_another_in_one_process(pool: RunnerPool, fork: b
         assert final is not None and final["t"] == "result"
         assert final["value"]["task_id"] == n + 1
         assert final["value"]["fence"] == the_spec.call.fence  # the runtime is bound per attempt
-        assert [m["t"] for m in seen][0] == "ready"
+        assert seen[0]["t"] == "ready"
         pids.add(final["value"]["pid"])
     assert len(pids) == 1
     assert pool.idle_count() == 1
