@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
         "--submits", type=int, default=10_000, help="tasks per submit_many figure (and as singles)"
     )
     parser.add_argument("--recoveries", type=int, default=3)
+    parser.add_argument(
+        "--memory-runners", type=int, default=24, help="sleeping runners in the memory figure"
+    )
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--modes", nargs="*", help="runner modes (default: all available)")
     parser.add_argument(
@@ -70,14 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         # The smoke run starts every server it uses itself: no outside broker for Celery.
         args.only = [name for name in ALL if not (args.smoke and name == "celery")]
     if args.smoke:
-        args.tasks, args.starts, args.latency_samples = 40, 5, 5
-        args.claims, args.big_queue, args.recoveries = 20, 20_000, 1
-        args.submits = 200
-        args.session_timeout = 4.0
+        smoke_sizes(args)
 
-    modes = args.modes or (
-        ["cold", "zygote"] if cluster_benches.zygote_supported() else ["baseline"]
-    )
+    modes = args.modes or default_modes()
     report: dict[str, Any] = {"revision": git_revision(), "modes": modes, "figures": {}}
     figures: dict[str, Any] = report["figures"]
 
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.base_dir or Path(tempfile.mkdtemp(prefix="taskman-bench-"))
     if "runner_start" in args.only:
         for mode in modes:
-            runner_mode = "cold" if mode == "baseline" else mode
+            runner_mode = "cold" if mode == "baseline" else mode  # pooled: a warm runner
             record(
                 f"runner_start[{mode}]",
                 lambda m=runner_mode: runner_start.measure(m, args.starts),
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             if "memory" in args.only:
                 record(
                     f"memory[{mode}]",
-                    lambda m=mode: cluster_benches.memory(the_lab, m, 8),
+                    lambda m=mode: cluster_benches.memory(the_lab, m, args.memory_runners),
                 )
             if "recovery" in args.only:
                 record(
@@ -156,6 +154,25 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     failed = [name for name, value in figures.items() if "error" in value]
     return 1 if failed else 0
+
+
+def smoke_sizes(args: argparse.Namespace) -> None:
+    """Tiny sizes: the suite works (CI); says nothing about speed."""
+    args.tasks, args.starts, args.latency_samples = 40, 5, 5
+    args.claims, args.big_queue, args.recoveries = 20, 20_000, 1
+    args.submits = 200
+    args.memory_runners = 4
+    args.session_timeout = 4.0
+
+
+def default_modes() -> list[str]:
+    """Every runner mode this tree has: "baseline" for a tree from before the zygote."""
+    if not cluster_benches.zygote_supported():
+        return ["baseline"]
+    modes = ["cold", "zygote"]
+    if cluster_benches.pooled_supported():
+        modes.append("pooled")
+    return modes
 
 
 def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, float]:

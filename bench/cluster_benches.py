@@ -42,6 +42,12 @@ def zygote_supported() -> bool:
     return "fork" in manifest.KNOWN_KEYS
 
 
+def pooled_supported() -> bool:
+    from taskman.plugins import manifest
+
+    return "isolation" in manifest.KNOWN_KEYS
+
+
 def manifest_keys() -> frozenset[str]:
     from taskman.plugins import manifest
 
@@ -49,7 +55,8 @@ def manifest_keys() -> frozenset[str]:
 
 
 def plugin_dirs(base: Path, mode: str) -> list[str]:
-    """Copies of the demo and bench plugins; in "cold" mode marked ``fork = false``.
+    """Copies of the demo and bench plugins; in "cold" mode marked ``fork = false``, in
+    "pooled" mode ``isolation = "pooled"`` (both forked modes preload the task module).
 
     "baseline" is the tree as it was before the zygote existed: the manifests as they are.
     """
@@ -68,11 +75,13 @@ def plugin_dirs(base: Path, mode: str) -> list[str]:
             extra = []
             if "allow_root" in manifest_keys() and "allow_root" not in text:
                 extra.append("allow_root = true")  # the bench may run as root, as CI does
+            module = "demo.tasks" if source.name == "demo" else "bench_tasks"
             if mode == "cold":
                 extra.append("fork = false")
             elif mode == "zygote":
-                module = "demo.tasks" if source.name == "demo" else "bench_tasks"
                 extra.append(f'preload = ["{module}"]')
+            elif mode == "pooled":
+                extra.extend(['isolation = "pooled"', f'preload = ["{module}"]'])
             lines[first_table:first_table] = extra
             manifest.write_text("\n".join(lines) + "\n")
     return [str(target)]

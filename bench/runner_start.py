@@ -16,7 +16,7 @@ from taskman.plugins import EXAMPLES_DIR, PluginRegistry
 from taskman.runner import Runner, RunnerEvent, RunnerSpec
 
 
-def _spec(task_id: int, fork: bool) -> RunnerSpec:
+def _spec(task_id: int, fork: bool, pooled: bool = False) -> RunnerSpec:
     plugin = PluginRegistry.scan([EXAMPLES_DIR]).resolve("demo")
     return RunnerSpec(
         call=AttemptCall(task_id, 1, task_id, "demo.tasks:add", [1, 2], {}),
@@ -27,14 +27,24 @@ def _spec(task_id: int, fork: bool) -> RunnerSpec:
         heartbeat_interval=1.0,
         watchdog_timeout=3.0,
         **({"fork": fork} if "fork" in RunnerSpec.__dataclass_fields__ else {}),
+        **({"pooled": True} if pooled else {}),
     )
 
 
 def _one(spec: RunnerSpec, **runner_options: Any) -> tuple[float, float]:
     events: queue.Queue[RunnerEvent] = queue.Queue()
-    runner = Runner(spec, events, **runner_options)
+    runner: Any
+    if "runners" in runner_options:  # a pooled attempt: handed to a warm runner
+        from taskman.runner.pool import PooledAttempt
+
+        runner = PooledAttempt(spec, events, runner_options["runners"])
+    else:
+        runner = Runner(spec, events, **runner_options)
     started = time.perf_counter()
-    runner.start()
+    if "runners" in runner_options:
+        runner.launch()
+    else:
+        runner.start()
     ready = exited = 0.0
     while not exited:
         event = events.get(timeout=30)
@@ -50,23 +60,30 @@ def _one(spec: RunnerSpec, **runner_options: Any) -> tuple[float, float]:
 
 
 def measure(mode: str, runs: int) -> dict[str, Any]:
-    """``mode``: "cold" (a fresh interpreter) or "zygote" (a fork of a warm one)."""
+    """``mode``: "cold" (a fresh interpreter), "zygote" (a fork of a warm one) or
+    "pooled" (an attempt handed to a warm runner that ran the one before)."""
     options: dict[str, Any] = {}
-    pool = None
+    pool: Any = None
+    pooled = mode == "pooled"
     if mode == "zygote":
         from taskman.runner.zygote import ZygotePool
 
         pool = ZygotePool()
         options["zygotes"] = pool
+    elif pooled:
+        from taskman.runner.pool import RunnerPool
+
+        pool = RunnerPool()
+        options["runners"] = pool
     elif mode != "cold":
         raise ValueError(mode)
     try:
-        spec = _spec(1, pool is not None)
+        spec = _spec(1, pool is not None, pooled)
         if pool is not None:
-            _one(spec, **options)  # the zygote starts on first use: "once the zygote exists"
+            _one(spec, **options)  # the zygote (or runner) starts on first use
         readies, exits = [], []
         for i in range(runs):
-            ready, exited = _one(_spec(i + 2, pool is not None), **options)
+            ready, exited = _one(_spec(i + 2, pool is not None, pooled), **options)
             readies.append(ready)
             exits.append(exited)
     finally:

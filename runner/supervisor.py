@@ -248,6 +248,7 @@ class Runner:
 
     def _emit(self, message: dict[str, Any]) -> None:
         """Hand a message (or the exit) to the node's loop; a pooled runner routes it."""
+        message.pop("f", None)  # which attempt: this runner runs only the one
         self.events.put(RunnerEvent(self, message))
 
     # -- talk ----------------------------------------------------------------
