@@ -277,6 +277,18 @@ def error_message(
     }
 
 
+class Tagged:
+    """The channel as one attempt speaks on it: each message names the attempt's fence."""
+
+    def __init__(self, channel: Channel, fence: int) -> None:
+        self.channel = channel
+        self.sock = channel.sock
+        self.fence = fence
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send({**message, "f": self.fence})
+
+
 class Turn:
     """Which attempt this runner is running now, shared by the main thread and the node's.
 
@@ -345,10 +357,7 @@ def run_attempt(
 ) -> dict[str, Any]:
     """One attempt, start to its final message (tagged with its fence, as all of its own)."""
     fence = int(spec["fence"])
-
-    def send(message: dict[str, Any]) -> None:
-        channel.send({**message, "f": fence})
-
+    send = Tagged(channel, fence).send
     runtime._ctx.pending = None
     runtime._bind(spec["task_id"], spec["attempt"], fence, send)
     send({"t": "ready", "pid": os.getpid()})
