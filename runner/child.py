@@ -335,13 +335,10 @@ def main() -> None:
     drop_privileges(spec.get("run_as"))
     for entry in reversed(spec["sys_path"]):
         sys.path.insert(0, entry)
-    me = os.getpid()
     next_spec: dict[str, Any] | None = spec
     while next_spec is not None:
         signal.signal(signal.SIGTERM, on_term)  # an earlier attempt's task may have changed it
         final = run_attempt(channel, next_spec, runtime, limits, turn)
-        if os.getpid() != me:
-            os._exit(EXIT_OK)  # a fork of the task that returned into us: only the runner reports
         channel.send(final)
         if not spec.get("pooled"):
             return
@@ -361,7 +358,10 @@ def run_attempt(
     runtime._ctx.pending = None
     runtime._bind(spec["task_id"], spec["attempt"], fence, send)
     send({"t": "ready", "pid": os.getpid()})
+    me = os.getpid()
     final = run_task(spec, runtime, limits)
+    if os.getpid() != me:
+        os._exit(EXIT_OK)  # a fork of the task that returned into us: only the runner reports
     turn.end()  # from here a SIGTERM no longer stops a task: let the report out
     runtime._flush()
     # Nothing the task started outlives the attempt: the node records the outcome

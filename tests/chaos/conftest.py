@@ -16,13 +16,14 @@ import pytest
 from taskman.lab.multidc import MultiDCLab
 from taskman.plugins import EXAMPLES_DIR
 from tests.chaos.hostile_mix import HOSTILE_PLUGINS
-from tests.chaos.support import RESULTS, format_table, wait_until
+from tests.chaos.support import POOLED_PLUGINS, RESULTS, format_table, wait_until
 
 
 @pytest.fixture(scope="session")
 def lab3(request: pytest.FixtureRequest) -> Iterator[MultiDCLab]:
-    # The hostile plugin too: the soak mixes its tasks into every round.
-    plugins = [str(EXAMPLES_DIR), str(HOSTILE_PLUGINS)]
+    # The hostile plugin too: the soak mixes its tasks into every round. Pooled copies
+    # of both run a share of every scenario's tasks.
+    plugins = [str(EXAMPLES_DIR), str(HOSTILE_PLUGINS), str(POOLED_PLUGINS)]
     lab = MultiDCLab.create("3dc", node_options={"plugin_dirs": plugins})
     failed_before = request.session.testsfailed
     try:

@@ -37,6 +37,7 @@ KINDS: list[tuple[str, bool, dict[str, Any]]] = [
     ("progress_bad_strings", False, {}),
     ("raw_messages", False, {}),
 ]
+PLUGINS = ("hostile", "hostile-pooled")
 TERMINAL = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.ABORTED)
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -74,17 +75,18 @@ class HostileMix:
 
     def __init__(self, base_dir: Path, name: str, rng: random.Random, count: int) -> None:
         self.tasks: list[Hostile] = []
-        self._plan = [rng.choice(KINDS) for _ in range(count)]
+        # Half of them in pooled runners, which must contain them just as well.
+        self._plan = [(*rng.choice(KINDS), rng.choice(PLUGINS)) for _ in range(count)]
         self._dir = base_dir / f"hostile-{name}"
         self.ended: dict[int, Task] = {}
 
     def submit(self, client: Client) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        for i, (kind, takes_pid_file, options) in enumerate(self._plan):
+        for i, (kind, takes_pid_file, options, plugin) in enumerate(self._plan):
             pid_file = self._dir / f"{i}-{kind}.pids"
             task_id = client.submit(
                 f"hostile.tasks:{kind}",
-                plugin="hostile",
+                plugin=plugin,
                 args=(str(pid_file),) if takes_pid_file else (),
                 max_attempts=2,
                 retry_backoff=0,

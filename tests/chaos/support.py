@@ -69,6 +69,7 @@ class Result:
     notes: str = ""
 
 
+POOLED_PLUGINS = Path(__file__).parent / "plugins"  # demo-pooled: demo.tasks, pooled
 RESULTS: list[Result] = []
 
 
@@ -181,15 +182,16 @@ class Scenario:
 
     def submit(self) -> None:
         with live_client(self.lab) as client:
+            # Every third task in a pooled runner: the checker's rules hold for both modes.
             self.ids = [
                 client.submit(
                     "demo.tasks:sleep",
-                    plugin="demo",
+                    plugin="demo-pooled" if i % 3 == 2 else "demo",
                     args=(self.seconds, str(self.log)),
                     max_attempts=3,
                     retry_backoff=0,
                 )
-                for _ in range(self.count)
+                for i in range(self.count)
             ]
 
     def wait_running(self, timeout: float = 30.0) -> dict[str, list[int]]:

@@ -13,12 +13,14 @@ from collections.abc import Iterator
 import pytest
 
 from taskman.lab.multidc import MultiDCLab
-from tests.chaos.support import Fault, Scenario
+from taskman.plugins import EXAMPLES_DIR
+from tests.chaos.support import POOLED_PLUGINS, Fault, Scenario
 
 
 @pytest.fixture(scope="module")
 def lab2(request: pytest.FixtureRequest) -> Iterator[MultiDCLab]:
-    lab = MultiDCLab.create("2dc-arbitrator")
+    plugins = [str(EXAMPLES_DIR), str(POOLED_PLUGINS)]  # Scenario runs some tasks pooled
+    lab = MultiDCLab.create("2dc-arbitrator", node_options={"plugin_dirs": plugins})
     failed_before = request.session.testsfailed
     try:
         lab.up()
