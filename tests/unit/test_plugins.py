@@ -372,3 +372,46 @@ def test_overlapping_directories_load_each_manifest_once(tmp_path: Path) -> None
     registry = PluginRegistry.scan([tmp_path / "outer", tmp_path / "outer" / "inner", tmp_path])
     assert registry.available() == {"inner": ["1.0"]}
     assert registry.problems == []
+
+
+# -- pooled runners ------------------------------------------------------------------------
+
+
+def test_isolation_defaults_to_a_process_per_attempt(tmp_path: Path) -> None:
+    plugin = load_manifest(make_plugin(tmp_path, "p"))
+    assert plugin.isolation == "process" and plugin.isolation_for("demo.tasks:add") == "process"
+    assert plugin.max_tasks_per_runner == 1000 and plugin.max_runner_memory_mb is None
+
+
+def test_pooled_isolation_with_per_function_overrides(tmp_path: Path) -> None:
+    extra = (
+        'isolation = "pooled"\nmax_tasks_per_runner = 50\nmax_runner_memory_mb = 300\n'
+        '[isolation_by_function]\n"demo.tasks:resize_*" = "process"\n'
+        '"demo.tasks:resize_small" = "pooled"\n'
+    )
+    plugin = load_manifest(make_plugin(tmp_path, "p", extra=extra))
+    assert plugin.isolation_for("demo.tasks:add") == "pooled"
+    assert plugin.isolation_for("demo.tasks:resize_big") == "process"
+    assert plugin.isolation_for("demo.tasks:resize_small") == "pooled"  # exact name first
+    assert (plugin.max_tasks_per_runner, plugin.max_runner_memory_mb) == (50, 300)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('isolation = "thread"\n', '\'isolation\' must be "process" or "pooled"'),
+        ("isolation = true\n", "'isolation' must be"),
+        ("max_tasks_per_runner = 0\n", "'max_tasks_per_runner' must be a whole number >= 1"),
+        ('max_tasks_per_runner = "9"\n', "'max_tasks_per_runner' must be"),
+        ("max_runner_memory_mb = 4\n", "'max_runner_memory_mb' must be a whole number >= 16"),
+        ("isolation_by_function = 3\n", "[isolation_by_function] must map"),
+        ('[isolation_by_function]\n"nocolon" = "pooled"\n', "must contain ':'"),
+        ('[isolation_by_function]\n"a.b:c" = "fork"\n', "[isolation_by_function] 'a.b:c' must be"),
+    ],
+)
+def test_bad_pooled_settings_name_the_file(tmp_path: Path, extra: str, message: str) -> None:
+    directory = make_plugin(tmp_path, "p", extra=extra)
+    with pytest.raises(PluginError) as info:
+        load_manifest(directory)
+    assert str(directory / MANIFEST) in str(info.value)
+    assert message in str(info.value)
