@@ -123,6 +123,9 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
         # Zygotes started with the first task: all their CPU time counts.
         zygotes = [z for n in started for z in descendants(n.pid) if _is_zygote(z, n.pid)]
         meter.add("zygote (+forked runners)", zygotes, from_zero=True)
+        # Pooled runners still alive: their time is nobody's children's time yet.
+        live = [p for n in started for p in descendants(n.pid) if p not in zygotes]
+        meter.add("live runners (pooled)", live, from_zero=True)
         cpu = meter.stop()
         db = Database(dsn)
         try:
