@@ -320,7 +320,10 @@ def main() -> None:
         if turn.fence is None:
             return  # between attempts: the node stops a pooled runner by closing its socket
         runtime._ctx.abort.set()
-        raise runtime.Terminated("stopped by the node")
+        # Raised only inside the task's function: anywhere else (importing it, reporting)
+        # it would end the runner without a word. run_task checks the flag before the call.
+        if _in_task:
+            raise runtime.Terminated("stopped by the node")
 
     signal.signal(signal.SIGTERM, on_term)
     threading.Thread(
@@ -437,6 +440,19 @@ def serve_node(
             channel.send({"t": "hb"})
 
 
+_in_task = False  # the task's function is running: SIGTERM raises Terminated in it
+
+
+def _call(function: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """The task's function, the only place a SIGTERM raises Terminated (see main's on_term)."""
+    global _in_task
+    _in_task = True
+    try:
+        return function(*args, **kwargs)
+    finally:
+        _in_task = False  # before any handler of what it raised runs
+
+
 def run_task(
     spec: dict[str, Any], runtime: types.ModuleType, limits: dict[str, int]
 ) -> dict[str, Any]:
@@ -446,7 +462,9 @@ def run_task(
     except Exception as exc:  # an import failure is the plugin's, not a transient one
         return error_message(exc, permanent=True, kind="FunctionNotFound")
     try:
-        value = function(*spec["args"], **spec["kwargs"])
+        if runtime._ctx.abort.is_set():  # stopped before it began: do not begin
+            raise runtime.Terminated("stopped by the node before the task started")
+        value = _call(function, spec["args"], spec["kwargs"])
     except runtime.Terminated as exc:
         return error_message(exc, permanent=False, kind="Terminated")
     except runtime.PermanentError as exc:

@@ -215,6 +215,10 @@ class PooledProcess(Runner):
         if attempt is not None:
             attempt.deliver(message)
 
+    def _snapshot(self) -> None:
+        if self.current is not None:  # between attempts nothing of a task is left to note
+            super()._snapshot()
+
     def _on_output(self, chunk: bytes, allowed: int | None) -> None:
         attempt = self.current
         if attempt is not None:
@@ -259,6 +263,7 @@ class RunnerPool:
         self.idle: dict[tuple[Any, ...], list[PooledProcess]] = {}
         self.lock = threading.Lock()
         self.log = log or _default_log
+        self._next_sweep = 0.0
 
     def run(self, attempt: PooledAttempt) -> None:
         """Give ``attempt`` an idle process of its kind, or start one for it."""
@@ -320,11 +325,16 @@ class RunnerPool:
         return None
 
     def _stop_idle(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
         stale: list[PooledProcess] = []
         with self.lock:
             for stack in self.idle.values():
-                keep = [p for p in stack if now - p.idle_since < IDLE_SECONDS and not p.retired]
-                stale.extend(p for p in stack if p not in keep)
+                keep: list[PooledProcess] = []
+                for process in stack:
+                    fresh = now - process.idle_since < IDLE_SECONDS and not process.retired
+                    (keep if fresh else stale).append(process)
                 stack[:] = keep
         for process in stale:
             process.stop()
@@ -333,8 +343,8 @@ class RunnerPool:
         """A process exited: never hand it out again."""
         with self.lock:
             stack = self.idle.get(pool_key(process.spec))
-            if stack and process in stack:
-                stack.remove(process)
+            if stack:
+                stack[:] = [p for p in stack if p is not process]
 
     def close(self) -> None:
         """Stop every idle runner (the node is stopping)."""

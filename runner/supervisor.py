@@ -95,7 +95,7 @@ class RunnerEvent:
     message: dict[str, Any]
 
 
-@dataclass
+@dataclass(eq=False)  # one process each: compared by identity
 class Runner:
     spec: RunnerSpec
     events: queue.Queue[RunnerEvent]
