@@ -12,6 +12,7 @@ is sent, so no process of the attempt outlives its recorded outcome.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import select
@@ -50,6 +51,7 @@ _live_runners: set[int] = set()
 _live_lock = threading.Lock()
 
 
+@functools.cache  # a resolve() and stat()s per attempt otherwise: 4 syscalls per task
 def _runtime_path() -> str:
     # Installed: taskman/runner/../runtime.py. From a checkout the runner folder
     # sits beside taskman/, so look there too.
