@@ -96,3 +96,27 @@ def test_hostile_tasks_in_a_pooled_runner_end_alone_and_leave_nothing(
         assert after == before  # the task's own ending: its runner runs the next attempt
     else:
         assert after != before  # a runner it broke or the node stopped is never reused
+
+
+def test_embedded_mode_runs_pooled_tasks_in_warm_runners(tmp_path: Path, pid_file: Path) -> None:
+    from taskman.lab import free_port
+    from tests.integration.test_embedded import Dev
+
+    dev = Dev(tmp_path / "dev.sqlite3", free_port(), plugins=(str(PLUGINS),))
+    try:
+        with Client(f"sqlite:///{dev.db}") as client:
+            runners = {_runner_pid(client) for _ in range(4)}
+            assert len(runners) == 1  # one after another: one warm runner ran them all
+            forked = client.submit(
+                "hostile.tasks:fork_and_raise",
+                plugin="hostile-pooled",
+                args=[str(pid_file)],
+                max_attempts=1,
+            )
+            assert _terminal(client, forked).error_type == "RuntimeError"
+            pids = _recorded(pid_file)
+            wait_until(lambda: not [p for p in pids if pid_alive(p)], 2.0, "survivors")
+            assert _runner_pid(client) in runners  # its own error: the runner stays
+        assert dev.process.poll() is None
+    finally:
+        dev.stop()
