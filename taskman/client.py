@@ -77,6 +77,17 @@ class Client:
             self._waker.close(flush=0.5)  # a signal still pending goes out first (bounded)
         self._store.close()
 
+    def wake_stats(self) -> dict[str, int]:
+        """Wake-up signals through ZooKeeper: asked for, sent, failed (empty without ``zookeeper``).
+
+        Signals asked for in quick succession are sent as one, so ``sent`` is at most
+        ``requested``; a failed one costs only latency (the idle poll finds the task).
+        """
+        if self._waker is None:
+            return {}
+        stats = self._waker.stats
+        return {"requested": stats.requested, "sent": stats.sent, "failed": stats.failed}
+
     def _wake(self, committed: _T) -> _T:
         """Work was just committed: wake idle nodes (never raises, never waits)."""
         notify(self._wake_key)

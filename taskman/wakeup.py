@@ -22,12 +22,21 @@ from typing import Protocol
 from taskman.errors import TaskmanError
 
 
+class WakeStats(Protocol):
+    requested: int
+    sent: int
+    failed: int
+
+
 class Waker(Protocol):
     """Sends wake-ups for a Client; ``bump`` returns at once and never raises."""
 
+    @property
+    def stats(self) -> WakeStats: ...
+
     def bump(self) -> None: ...
 
-    def close(self, flush: float = 1.0) -> None: ...
+    def close(self, flush: float = 0.5) -> None: ...
 
 
 def zookeeper_waker(hosts: str, cluster: str) -> Waker:
