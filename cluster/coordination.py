@@ -113,8 +113,10 @@ class ZkCoordination:
         self._wake_watch = WakeWatch(self.client, self.paths.wake, on_wake)
 
     def wakes_armed(self) -> bool:
+        # A server that stopped answering may also sit on notifications: not armed then.
         watch = self._wake_watch
-        return watch is not None and watch.armed
+        healthy = self.monitor.healthy(within=self.config.session_timeout / 3)
+        return watch is not None and watch.armed and healthy
 
     def bump(self) -> None:
         self._bumper.bump()
