@@ -194,7 +194,7 @@ def idle_queries(
     taken off.
     """
     dsn = lab.fresh_database()
-    options: dict[str, Any] = {"poll_interval": poll_interval}
+    options: dict[str, Any] = {"poll_interval": poll_interval, "log_level": "info"}
     if idle_poll is not None:
         options["idle_poll_interval"] = idle_poll
     (node,) = _nodes(lab, dsn, mode, 1, **options)
@@ -238,7 +238,7 @@ def wake_flood(lab: Lab, mode: str, tasks: int) -> dict[str, Any]:
     from kazoo.client import KazooClient
 
     dsn = lab.fresh_database()
-    (node,) = _nodes(lab, dsn, mode, 1, idle_poll_interval=2.0)
+    (node,) = _nodes(lab, dsn, mode, 1, idle_poll_interval=2.0, log_level="info")
     node.start()
     path = f"/taskman/{node.values['cluster']}/wake"
     zk = KazooClient(hosts=lab.zookeeper.hosts)

@@ -16,9 +16,9 @@ Two pieces:
   followed by a write that *started* after it: a bump never lands before the
   commit it announces.
 * ``WakeWatch`` keeps a node's watch armed. ZooKeeper watches fire once; the
-  watch is re-armed with ``exists``, and the data version that call returns is
-  compared with the last one acted on, so a bump that lands between the firing
-  and the re-arm still wakes the node. After a lost connection or session the
+  node is woken at once and the watch re-armed with ``exists``; the data version
+  that call returns is compared with the one the firing announced, so a bump
+  that lands between the firing and the re-arm wakes the node again. After a lost connection or session the
   watch is re-armed and the node woken (it may have missed bumps meanwhile).
 """
 
@@ -225,8 +225,14 @@ class WakeWatch:
             self._wake()
 
     def _on_event(self, event: Any) -> None:
-        # Watches fire once: re-arm; the version it reads decides whether to wake.
-        self._client.handler.spawn(self._arm)
+        # Wake at once (a round trip sooner than after the re-arm), taking the bump
+        # that fired the watch as the next version; the re-arm wakes the node again
+        # only if it reads a later one (a bump between the firing and the re-arm).
+        with self._lock:
+            if self._version is not None:
+                self._version += 1
+        self._wake()
+        self._arm()
 
     def _on_state(self, state: str) -> None:
         # kazoo's connection thread: record and hand off, never block here.
