@@ -135,8 +135,11 @@ class Bumper:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                if not self._closed:
-                    self._cond.wait(self.min_gap)  # coalesce: what arrives meanwhile is one bump
+                # Coalesce: whatever is asked for during the gap is one bump after it (a
+                # request's notify must not end the gap early).
+                gap_ends = time.monotonic() + self.min_gap
+                while not self._closed and (left := gap_ends - time.monotonic()) > 0:
+                    self._cond.wait(left)
 
 
 class ClientWaker:
