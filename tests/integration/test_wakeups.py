@@ -73,7 +73,7 @@ def test_a_retry_starts_after_its_backoff_with_a_long_idle_poll(
             max_attempts=2,
             retry_backoff=2.0,
         )
-        task = wait_state(client, task_id, TaskState.SUCCEEDED, timeout=15)
+        task = wait_state(client, task_id, TaskState.SUCCEEDED, timeout=30)
     first, second = task.attempts
     retry = wait_until(
         lambda: [e for e in node.events() if e["event"] == "task.retry"], 5, "the retry event"
