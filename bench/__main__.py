@@ -22,6 +22,7 @@ from typing import Any
 from bench import celery_side, claims, cluster_benches, runner_start, submits
 from bench.common import git_revision, lab, setup_description
 
+IDLE_POLL = 2.0  # the latency figures' idle poll with wake-ups (seconds)
 ALL = (
     "runner_start",
     "throughput",
@@ -120,14 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                             the_lab, m, args.tasks, n, args.slots
                         ),
                     )
-            if "latency" in args.only:
-                for poll in (0.5, 0.05):
-                    record(
-                        f"latency[{mode},poll {poll}s]",
-                        lambda m=mode, p=poll: cluster_benches.latency(
-                            the_lab, m, args.latency_samples, p
-                        ),
-                    )
+            latency_figures(record, the_lab, mode, args)
             if "memory" in args.only:
                 record(
                     f"memory[{mode}]",
@@ -140,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                         the_lab, m, args.recoveries, args.session_timeout
                     ),
                 )
+        idle_figures(record, the_lab, modes[-1], args)
         if "submit_many" in args.only:
             record("submit_many[mariadb]", lambda: submits.submit_rates(the_lab, args.submits))
         if "claims" in args.only:
@@ -175,6 +170,39 @@ def default_modes() -> list[str]:
     return modes
 
 
+Record = Callable[[str, Callable[[], Any]], None]
+
+
+def latency_figures(record: Record, the_lab: Any, mode: str, args: argparse.Namespace) -> None:
+    """Idle submit-to-start: polled every 0.5 s and 0.05 s, and woken (idle poll IDLE_POLL)."""
+    if "latency" not in args.only:
+        return
+    samples = args.latency_samples
+    for poll in (0.5, 0.05):
+        record(
+            f"latency[{mode},poll {poll}s]",
+            lambda p=poll: cluster_benches.latency(the_lab, mode, samples, p),
+        )
+    record(
+        f"latency[{mode},wake,idle poll {IDLE_POLL}s]",
+        lambda: cluster_benches.latency(the_lab, mode, samples, 0.05, IDLE_POLL),
+    )
+
+
+def idle_figures(record: Record, the_lab: Any, mode: str, args: argparse.Namespace) -> None:
+    """What idleness costs: an idle node's statements/s, and ZooKeeper writes of a submit flood."""
+    if "latency" not in args.only:
+        return
+    flood = 50 if args.smoke else 1000
+    for idle in (None, IDLE_POLL):
+        name = "poll 0.05s" if idle is None else f"wake,idle poll {idle}s"
+        record(
+            f"idle_queries[{name}]",
+            lambda i=idle: cluster_benches.idle_queries(the_lab, mode, 0.05, i),
+        )
+    record("wake_flood", lambda: cluster_benches.wake_flood(the_lab, mode, flood))
+
+
 def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, float]:
     """Ratios between figures of this run only."""
     out: dict[str, float] = {}
@@ -197,6 +225,15 @@ def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, flo
             z = get(f"throughput[zygote,{nodes}]", "tasks_per_s")
             if c and z:
                 out[f"throughput zygote/cold ({nodes})"] = round(z / c, 2)
+    for mode in modes:
+        polled = get(f"latency[{mode},poll 0.05s]", "median_ms")
+        woken = get(f"latency[{mode},wake,idle poll {IDLE_POLL}s]", "median_ms")
+        if polled and woken:
+            out[f"latency poll 0.05s / wake ({mode}, median)"] = round(polled / woken, 2)
+    busy = get("idle_queries[poll 0.05s]", "statements_per_s")
+    quiet = get(f"idle_queries[wake,idle poll {IDLE_POLL}s]", "statements_per_s")
+    if busy and quiet:
+        out["idle node statements/s poll 0.05s / wake"] = round(busy / quiet, 1)
     for mode in modes:
         one = get(f"throughput[{mode},1 node]", "tasks_per_s")
         two = get(f"throughput[{mode},2 nodes]", "tasks_per_s")

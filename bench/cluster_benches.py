@@ -158,14 +158,25 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
     }
 
 
-def latency(lab: Lab, mode: str, samples: int, poll_interval: float) -> dict[str, Any]:
-    """Submit one task at a time on an idle node; submit -> first line of the task function."""
+def latency(
+    lab: Lab, mode: str, samples: int, poll_interval: float, idle_poll: float | None = None
+) -> dict[str, Any]:
+    """Submit one task at a time on an idle node; submit -> first line of the task function.
+
+    With ``idle_poll`` the node polls that seldom while idle and the Client signals
+    through ZooKeeper after each submit (wake-ups); without, it polls every
+    ``poll_interval`` and nothing signals.
+    """
     dsn = lab.fresh_database()
-    (node,) = _nodes(lab, dsn, mode, 1, poll_interval=poll_interval, log_level="info")
+    options: dict[str, Any] = {"poll_interval": poll_interval, "log_level": "info"}
+    if idle_poll is not None:
+        options["idle_poll_interval"] = idle_poll
+    (node,) = _nodes(lab, dsn, mode, 1, **options)
     node.start()
+    signals = _signals(lab, node) if idle_poll is not None else {}
     values = []
     try:
-        with Client(dsn) as client:
+        with Client(dsn, **signals) as client:
             for i in range(samples + 2):
                 time.sleep(0.05 + (i % 7) * 0.013)  # idle between tasks, off the poll phase
                 t0 = time.time()
@@ -177,7 +188,96 @@ def latency(lab: Lab, mode: str, samples: int, poll_interval: float) -> dict[str
                     values.append(float(task.result) - t0)
     finally:
         node.stop(timeout=30)
-    return {"poll_interval_s": poll_interval, **summary_ms(values)}
+    wake = {"idle_poll_interval_s": idle_poll, "wake": "zookeeper"} if signals else {}
+    return {"poll_interval_s": poll_interval, **wake, **summary_ms(values)}
+
+
+def _signals(lab: Lab, node: Any) -> dict[str, str]:
+    return {"zookeeper": lab.zookeeper.hosts, "cluster": str(node.values["cluster"])}
+
+
+def idle_queries(
+    lab: Lab, mode: str, poll_interval: float, idle_poll: float | None, seconds: float = 10.0
+) -> dict[str, Any]:
+    """Statements per second one idle node (the leader: its reaper counts) sends MariaDB.
+
+    Server-wide counters (Questions: every statement; Com_select) over ``seconds``
+    with this node the only client; the measuring connection's own statements are
+    taken off.
+    """
+    dsn = lab.fresh_database()
+    options: dict[str, Any] = {"poll_interval": poll_interval, "log_level": "info"}
+    if idle_poll is not None:
+        options["idle_poll_interval"] = idle_poll
+    (node,) = _nodes(lab, dsn, mode, 1, **options)
+    node.start()
+    try:
+        time.sleep(3.0)  # start-up reads done, leadership taken
+        conn = lab.mariadb.root_connection()
+        try:
+            before = _status(conn)
+            time.sleep(seconds)
+            after = _status(conn)
+        finally:
+            conn.close()
+    finally:
+        node.stop(timeout=30)
+    own = 1  # the second SHOW GLOBAL STATUS counts itself
+    return {
+        "poll_interval_s": poll_interval,
+        "idle_poll_interval_s": idle_poll,
+        "seconds": seconds,
+        "statements_per_s": round((after["Questions"] - before["Questions"] - own) / seconds, 1),
+        "selects_per_s": round((after["Com_select"] - before["Com_select"]) / seconds, 1),
+        "commits_per_s": round((after["Com_commit"] - before["Com_commit"]) / seconds, 1),
+    }
+
+
+def _status(conn: Any) -> dict[str, int]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_select', 'Com_commit')"
+        )
+        return {str(name): int(value) for name, value in cur.fetchall()}
+
+
+def wake_flood(lab: Lab, mode: str, tasks: int) -> dict[str, Any]:
+    """One Client submitting ``tasks`` as fast as it can, signalling each: ZooKeeper writes/s.
+
+    The wake znode's data version counts every write it received (from the Client,
+    and from the node, which signals only retries, reclaims and ticks: none here).
+    """
+    from kazoo.client import KazooClient
+
+    dsn = lab.fresh_database()
+    (node,) = _nodes(lab, dsn, mode, 1, idle_poll_interval=2.0, log_level="info")
+    node.start()
+    path = f"/taskman/{node.values['cluster']}/wake"
+    zk = KazooClient(hosts=lab.zookeeper.hosts)
+    zk.start(timeout=15)
+    try:
+        with Client(dsn, **_signals(lab, node)) as client:
+            version = zk.get(path)[1].version
+            t0 = time.monotonic()
+            ids = [
+                client.submit("demo.tasks:add", plugin="demo", args=(i, 1)) for i in range(tasks)
+            ]
+            took = time.monotonic() - t0
+            client.close()  # flushes the last signal
+            stats = client.wake_stats()
+            writes = zk.get(path)[1].version - version
+        wait_all_finished(dsn, len(ids), timeout=120)
+    finally:
+        zk.stop()
+        zk.close()
+        node.stop(timeout=30)
+    return {
+        "submits": tasks,
+        "submits_per_s": round(tasks / took, 1),
+        "zookeeper_writes": writes,
+        "zookeeper_writes_per_s": round(writes / took, 1),
+        "client_signals": stats,
+    }
 
 
 def recovery(lab: Lab, mode: str, repeats: int, session_timeout: float) -> dict[str, Any]:

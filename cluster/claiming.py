@@ -89,11 +89,13 @@ class Claimer:
         self.outcomes = outcomes
         self.supervisor = supervisor
         self.may_claim = may_claim
+        self.found: int | None = None  # candidates the last claim read; None: it failed
 
     def claim(self) -> tuple[int, int]:
         """Claim and launch up to the free slots: (claimed, wanted)."""
         ctx = self.ctx
         free = ctx.config.slots - len(ctx.active)
+        self.found = None
         try:
             keys, pairs = ctx.coord.gate.blocked()
             candidates = ctx.store.candidates(
@@ -106,6 +108,7 @@ class Claimer:
         except StoreError as exc:
             ctx.log.warning("claim.candidates_failed", error=str(exc))
             return (0, free)
+        self.found = len(candidates)
         chosen = self._choose(claim_order(candidates), free)
         if not chosen:
             return (0, free)

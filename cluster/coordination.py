@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 from kazoo.exceptions import KazooException
 from kazoo.recipe.watchers import DataWatch
 
+from taskman import metrics, wakeup
 from taskman.cluster import membership
 from taskman.cluster.concurrency import Blocked, Cap, ConcurrencyGate, Permit, admits
 from taskman.cluster.contracts import Coordinator, Election, JsonValue, Member
 from taskman.cluster.election import LeaderElection
 from taskman.cluster.layout import ClusterPaths, claim_name
 from taskman.cluster.lease import ClaimLease
+from taskman.cluster.wake import Bumper, WakeWatch, ensure_wake_node
 from taskman.cluster.zk import (
     ZK_TIMEOUT,
     SessionMonitor,
@@ -55,10 +57,12 @@ class ZkCoordination:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.paths = ClusterPaths(config.cluster)
-        self.client = connect(
-            config.zookeeper, config.session_timeout, security=zk_security(config)
-        )
+        security = zk_security(config)
+        self.client = connect(config.zookeeper, config.session_timeout, security=security)
         ensure_namespace(self.client, self.paths, insecure=config.insecure)
+        ensure_wake_node(self.client, self.paths, security)
+        self._wake_watch: WakeWatch | None = None
+        self._bumper = Bumper(self._send_bump, name="node-wake")
         self.monitor = SessionMonitor(self.client, self.paths.nodes, config.session_timeout)
         timeout = claim_path_timeout(config.session_timeout)
         self.lease = ClaimLease(self.client, self.paths, config.node_id, timeout)
@@ -105,7 +109,28 @@ class ZkCoordination:
 
         DataWatch(self.client, path, on_change)
 
+    def watch_wake(self, on_wake: Callable[[], None]) -> None:
+        self._wake_watch = WakeWatch(self.client, self.paths.wake, on_wake)
+
+    def wakes_armed(self) -> bool:
+        # A server that stopped answering may also sit on notifications: not armed then.
+        watch = self._wake_watch
+        healthy = self.monitor.healthy(within=self.config.session_timeout / 3)
+        return watch is not None and watch.armed and healthy
+
+    def bump(self) -> None:
+        self._bumper.bump()
+
+    def _send_bump(self) -> None:
+        try:
+            wait(self.client.set_async(self.paths.wake, b""), timeout=self.lease.timeout)
+        except Exception:
+            metrics.WAKE_BUMPS.labels("failed").inc()
+            raise
+        metrics.WAKE_BUMPS.labels("sent").inc()
+
     def close(self) -> None:
+        self._bumper.close()
         self.monitor.stop()
         with contextlib.suppress(KazooException, CoordinationError):
             membership.unregister(self.client, self.paths, self.config.node_id)
@@ -271,6 +296,8 @@ class LocalCoordination:
         self.lease = _LocalLease(self._tokens)
         self.gate = _LocalGate()
         self._info: Member = {}
+        self._wake_key = wakeup.database_key(config.dsn)
+        self._unlisten: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         pass
@@ -296,7 +323,18 @@ class LocalCoordination:
     def watch_drain(self, on_request: Callable[[], None]) -> None:
         pass  # one process: SIGTERM drains it
 
+    def watch_wake(self, on_wake: Callable[[], None]) -> None:
+        # Clients of this process on this database wake the node directly.
+        self._unlisten = wakeup.listen(self.config.dsn, on_wake)
+
+    def wakes_armed(self) -> bool:
+        return False  # other processes (the CLI) cannot signal: poll at poll_interval
+
+    def bump(self) -> None:
+        wakeup.notify(self._wake_key)
+
     def close(self) -> None:
+        self._unlisten()
         self._info = {}
 
 

@@ -48,6 +48,12 @@ class ClusterPaths:
         return f"{self.base}/caps"
 
     @property
+    def wake(self) -> str:
+        # Set by whoever makes work due; every node watches it (wake.py). Anyone may
+        # set it (not delete it): a wake-up carries no authority.
+        return f"{self.base}/wake"
+
+    @property
     def drain_requests(self) -> str:
         return f"{self.base}/drain"
 

@@ -188,8 +188,13 @@ class Leadership:
             self._last_ok = time.monotonic()
             self.on_change(True)
             self.log.info("leader.elected", epoch=epoch)
-        ticker.run(epoch)  # first: it never raises, so a failing reap cannot stall ticks
-        self._publish(reaper.reap(epoch), reaper, ticker)
+        ticks = ticker.run(epoch)  # first: it never raises, so a failing reap cannot stall ticks
+        if ticks.tasks:
+            self.coord.bump()  # new tasks are due: wake the idle nodes
+        report = reaper.reap(epoch)
+        if report.node_lost or report.heartbeat_lost:
+            self.coord.bump()  # re-queued attempts keep their place in line: due now
+        self._publish(report, reaper, ticker)
         self._prune(reaper, epoch)
         self._last_ok = time.monotonic()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -78,7 +79,7 @@ class Node:
         self._clock = clock
         self._stopping = threading.Event()
         self._drain_deadline: float | None = None
-        self._next_heartbeat = self._next_poll = 0.0
+        self._next_heartbeat = 0.0
         self.started = threading.Event()
         self._guard_done = threading.Event()
         self._leader_done = threading.Event()
@@ -159,6 +160,7 @@ class Node:
         )
         self._guard_thread.start()
         self._watch_drain()
+        self._wire_wakeups()
         if self.config.metrics_address:
             self.endpoints = self._serve_endpoints(self.config.metrics_address)
         self.publisher.start(self._clock())
@@ -215,6 +217,16 @@ class Node:
 
         self.coord.watch_drain(on_request)
 
+    def _wire_wakeups(self) -> None:
+        """Signals wake this node's loop; the node signals the work it makes due itself."""
+        self.coord.watch_wake(self.steps.pacer.signal)
+
+        def on_event(name: str, fields: dict[str, Any]) -> None:
+            if name == "task.retry":  # re-queued: due now (given up) or after its backoff
+                self.coord.bump()
+
+        self.events.listeners.append(on_event)
+
     @property
     def is_leader(self) -> bool:
         publisher = getattr(self, "publisher", None)
@@ -250,7 +262,7 @@ class Node:
     def _step(self) -> bool:
         """One pass of the loop; True once the node has drained and should stop."""
         cfg, steps = self.config, self.steps
-        steps.drain_events(timeout=0.05)
+        steps.drain_events(timeout=steps.pacer.wait(self._clock()))
         steps.outcomes.record_pending()  # every ending drained above, in one transaction
         now = self._clock()
         steps.guard.check_session()
@@ -268,9 +280,7 @@ class Node:
                 steps.releases.flush()
                 return True
             return False
-        if now >= self._next_poll and steps.may_claim():
-            claimed, wanted = steps.claimer.claim()
-            # A full batch means more work is waiting: look again at once.
-            self._next_poll = now if claimed and claimed == wanted else now + cfg.poll_interval
+        if steps.pacer.due(now) and steps.may_claim():
+            steps.poll(now)  # then the next poll: at once, poll_interval or idle (pacing.py)
             steps.releases.flush()  # claims the database turned down
         return False

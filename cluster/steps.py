@@ -14,6 +14,7 @@ from taskman.cluster.context import NodeContext
 from taskman.cluster.contracts import JsonValue
 from taskman.cluster.guard import Guard
 from taskman.cluster.outcomes import Outcomes
+from taskman.cluster.pacing import WAKE, Pacer
 from taskman.cluster.releases import Releases
 from taskman.cluster.supervision import Supervisor
 
@@ -28,6 +29,7 @@ class NodeSteps:
         self.outcomes = Outcomes(ctx, self.releases)
         self.guard = Guard(ctx, self.supervisor, self.releases, member_info)
         self.claimer = Claimer(ctx, self.releases, self.outcomes, self.supervisor, self.may_claim)
+        self.pacer = Pacer(ctx)
 
     def may_claim(self) -> bool:
         ctx = self.ctx
@@ -37,15 +39,27 @@ class NodeSteps:
             and ctx.session_healthy()
         )
 
+    def poll(self, now: float) -> int:
+        """Claim what there is room for, then set when to look next (pacing.py)."""
+        claimed, wanted = self.claimer.claim()
+        self.pacer.polled(now, claimed, wanted, self.claimer.found)
+        return claimed
+
     def drain_events(self, timeout: float) -> None:
-        """Handle every runner event waiting (after up to ``timeout`` s for the first)."""
+        """Handle every runner event waiting (after up to ``timeout`` s for the first).
+
+        A wake-up among them makes this pass poll (``Pacer.woken``).
+        """
         events = self.ctx.runner_events
         try:
             event = events.get(timeout=timeout) if timeout > 0 else events.get_nowait()
         except queue.Empty:
             return
         while True:
-            self.outcomes.handle(event)
+            if event is WAKE:
+                self.pacer.woken()
+            else:
+                self.outcomes.handle(event)
             try:
                 event = events.get_nowait()
             except queue.Empty:

@@ -20,6 +20,7 @@ from taskman.errors import ConfigError
 from taskman.validation import DATACENTER
 
 ENV_PREFIX = "TASKMAN_"
+MAX_IDLE_POLL = 300.0  # seconds: the longest a node may go without looking at an idle queue
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,14 @@ class NodeConfig:
     slots: int = 4  # concurrent runners
     session_timeout: float = 6.0  # ZooKeeper session, seconds
     heartbeat_interval: float = 1.0  # database heartbeat of each running attempt
-    # How often an idle node looks for work: one cheap index read, so often enough that an
-    # idle cluster starts a task within about 50 ms (bench: median 39 ms at 0.05 s).
+    # How often a node looks for work while there is work (and when idle without armed
+    # wake-ups): one cheap index read, so often that an idle cluster whose submitters do
+    # not signal starts a task within about 50 ms (bench: median 32-39 ms at 0.05 s).
     poll_interval: float = 0.05
+    # How often an idle node looks while wake-ups reach it (docs/architecture.md, "Waking
+    # idle nodes"): submits that signal through ZooKeeper wake it at once, so it need not
+    # read the database 20 times a second. Unset: poll_interval (every submitter is heard).
+    idle_poll_interval: float | None = None
     cluster: str = "default"  # ZooKeeper namespace: several clusters may share an ensemble
     heartbeat_timeout: float = 15.0  # the leader reclaims attempts silent for this long
     max_reclaims: int = 5  # a task whose owner died this often fails (a node-killing task)
@@ -71,6 +77,11 @@ class NodeConfig:
     # the majority without a serving ensemble while its followers notice and elect
     # (docs/architecture.md, "Surviving the loss of the ZooKeeper leader"); nodes
     # there must ride that out, so their runners must live through 0.75 S of silence.
+
+    @property
+    def idle_poll(self) -> float:
+        """How often an idle node whose wake-ups are armed reads the queue."""
+        return self.poll_interval if self.idle_poll_interval is None else self.idle_poll_interval
 
     @property
     def zookeeper_failover_after(self) -> float:
@@ -221,7 +232,7 @@ def _coerce(name: str, value: Any, source: str, base: Path) -> Any:  # noqa: PLR
             if isinstance(value, bool) or (not isinstance(value, int) and not str(value).isdigit()):
                 raise TypeError("an integer")
             return int(value)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise TypeError("a number")
             try:
@@ -273,6 +284,7 @@ def _check(config: NodeConfig, source: str) -> None:
     for name in ("heartbeat_interval", "poll_interval", "kill_grace"):
         if getattr(config, name) <= 0:
             raise fail(f"{name!r} must be positive")
+    _check_idle_poll(config, source)
     if config.heartbeat_interval >= config.session_timeout / 2:
         raise fail("'heartbeat_interval' must be under half of 'session_timeout'")
     if config.heartbeat_timeout < 3 * config.heartbeat_interval:
@@ -294,3 +306,13 @@ def _check(config: NodeConfig, source: str) -> None:
         raise fail("'drain_timeout' must not be negative")
     if config.log_format not in ("auto", "json", "console"):
         raise fail("'log_format' must be auto, json or console")
+
+
+def _check_idle_poll(config: NodeConfig, source: str) -> None:
+    idle = config.idle_poll_interval
+    if idle is not None and not config.poll_interval <= idle <= MAX_IDLE_POLL:
+        raise ConfigError(
+            f"{source}: 'idle_poll_interval' must be between 'poll_interval' "
+            f"({config.poll_interval:g} s) and {MAX_IDLE_POLL:g} s, got {idle:g}: a task "
+            "whose wake-up was lost waits this long at most"
+        )

@@ -6,7 +6,7 @@ import builtins
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from taskman.bulk import build_batch
 from taskman.errors import AccessDeniedError, SchemaError, UnservedError, WaitTimeoutError
@@ -26,10 +26,12 @@ from taskman.store.bulk import BulkStore
 from taskman.store.placement import PlacementStore
 from taskman.store.schedules import ScheduleStore
 from taskman.validation import DEFAULT_MAX_PAYLOAD, NewTask, build_task
+from taskman.wakeup import Waker, database_key, notify, zookeeper_waker
 
 # What nodes serve only grows ("ever served"), so a passing check may be reused a
 # while; a refusal is always re-checked against a fresh read first.
 SERVED_CACHE_SECONDS = 30.0
+_T = TypeVar("_T")
 
 
 class Client:
@@ -42,10 +44,27 @@ class Client:
     """
 
     def __init__(
-        self, dsn: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD, retry_deadline: float = 30.0
+        self,
+        dsn: str,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        retry_deadline: float = 30.0,
+        zookeeper: str | None = None,
+        cluster: str = "default",
     ) -> None:
-        """``retry_deadline``: how long transient database errors are retried before giving up."""
+        """``retry_deadline``: how long transient database errors are retried before giving up.
+
+        ``zookeeper`` ("host:port,...", the nodes' ensemble) and ``cluster`` (their
+        ``cluster`` key): after each commit that queues work, signal idle nodes to
+        look at once (docs/architecture.md, "Waking idle nodes"). The signal is
+        sent from a background thread: a ZooKeeper that is slow or down never fails
+        or slows a submit; the nodes then find the task at their next idle poll.
+        """
         self._store = TaskStore(make_database(dsn, retry_deadline=retry_deadline))
+        self._wake_key = database_key(dsn)
+        self._waker: Waker | None = None
+        if zookeeper:
+            self._waker = zookeeper_waker(zookeeper, cluster)
         self._schedules = ScheduleStore(self._store.db)
         self._placement = PlacementStore(self._store.db)
         self._bulk = BulkStore(self._store.db)
@@ -54,7 +73,27 @@ class Client:
         self.max_payload = max_payload
 
     def close(self) -> None:
+        if self._waker is not None:
+            self._waker.close(flush=0.5)  # a signal still pending goes out first (bounded)
         self._store.close()
+
+    def wake_stats(self) -> dict[str, int]:
+        """Wake-up signals through ZooKeeper: asked for, sent, failed (empty without ``zookeeper``).
+
+        Signals asked for in quick succession are sent as one, so ``sent`` is at most
+        ``requested``; a failed one costs only latency (the idle poll finds the task).
+        """
+        if self._waker is None:
+            return {}
+        stats = self._waker.stats
+        return {"requested": stats.requested, "sent": stats.sent, "failed": stats.failed}
+
+    def _wake(self, committed: _T) -> _T:
+        """Work was just committed: wake idle nodes (never raises, never waits)."""
+        notify(self._wake_key)
+        if self._waker is not None:
+            self._waker.bump()
+        return committed
 
     def __enter__(self) -> Client:
         return self
@@ -121,7 +160,7 @@ class Client:
             unserved = self._first_unserved([task])
             if unserved is not None:
                 raise UnservedError(*unserved[1])
-        return self._store.insert(task)
+        return self._wake(self._store.insert(task))
 
     def submit_many(
         self, items: Iterable[Mapping[str, Any]], *, allow_unserved: bool = False
@@ -148,7 +187,8 @@ class Client:
             if unserved is not None:
                 index, problem = unserved
                 raise UnservedError(*problem).at_item(index)
-        return self._bulk.insert(batch)
+        ids = self._bulk.insert(batch)
+        return self._wake(ids) if ids else ids
 
     def _first_unserved(self, tasks: Sequence[NewTask]) -> tuple[int, tuple[str, str]] | None:
         """(index, problem) of the first task no node has ever served; None if all are."""
@@ -238,6 +278,7 @@ class Client:
         Retrying a queued, running or succeeded task raises TaskStateError.
         """
         self._store.retry(task_id)
+        self._wake(task_id)
 
     def wait(self, task_id: int, timeout: float | None = None, poll: float = 0.2) -> Task:
         """Block until the task is terminal and return it; WaitTimeoutError after ``timeout`` s."""

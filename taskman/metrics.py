@@ -89,6 +89,23 @@ LEADER_RESIGNED = Counter(
     "Times this node gave up leadership because it could not perform the leader's duties.",
     registry=REGISTRY,
 )
+WAKEUPS = Counter(
+    "taskman_wakeups_total",
+    "Times a wake-up signal (ZooKeeper's wake znode changed) made this node look for work.",
+    registry=REGISTRY,
+)
+WAKE_BUMPS = Counter(
+    "taskman_wake_bumps_total",
+    "Wake-up signals this node sent (retries, reclaims, schedule ticks), by result.",
+    ["result"],
+    registry=REGISTRY,
+)
+POLLS = Counter(
+    "taskman_polls_total",
+    "Times this node read the queue for work: busy (poll_interval) or idle (idle_poll_interval).",
+    ["pace"],
+    registry=REGISTRY,
+)
 
 RUNNERS = Gauge("taskman_runners_running", "Runner processes alive now.", registry=REGISTRY)
 SLOTS_FREE = Gauge("taskman_slots_free", "Slots free for new attempts.", registry=REGISTRY)
@@ -163,6 +180,10 @@ for _write in ("heartbeat", "outcome"):
     FENCED.labels(_write)
 for _reason in ("node_lost", "heartbeat_timeout"):
     RECLAIMED.labels(_reason)
+for _result in ("sent", "failed"):
+    WAKE_BUMPS.labels(_result)
+for _pace in ("busy", "idle"):
+    POLLS.labels(_pace)
 
 
 def start_plugin(plugin: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from taskman.cli.exitcodes import Exit
+from taskman.client import Client
 from taskman.errors import (
     ConfigError,
     CoordinationError,
@@ -46,8 +47,30 @@ def add_dsn(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_wake(parser: argparse.ArgumentParser) -> None:
+    """The ensemble to signal idle nodes through after the commit (optional)."""
+    env_flag(
+        parser,
+        "--zookeeper",
+        "TASKMAN_ZOOKEEPER",
+        "ZooKeeper ensemble host:port,...: wake idle nodes at once after the commit",
+    )
+    env_flag(parser, "--cluster", "TASKMAN_CLUSTER", "the nodes' cluster", default="default")
+
+
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def signalling_client(args: argparse.Namespace) -> Client:
+    """A Client that signals through ``add_wake``'s --zookeeper, when given."""
+    zookeeper = getattr(args, "zookeeper", None) or None
+    return Client(
+        require_dsn(args),
+        retry_deadline=args.retry_deadline,
+        zookeeper=zookeeper,
+        cluster=str(getattr(args, "cluster", "default")),
+    )
 
 
 def require_dsn(args: argparse.Namespace) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskman.cli.common import emit, parse_time, require_dsn
+from taskman.cli.common import emit, parse_time, signalling_client
 from taskman.cli.exitcodes import Exit
 from taskman.client import Client
 from taskman.errors import ValidationError
@@ -124,7 +124,7 @@ def submit_file(args: argparse.Namespace) -> int:
             "cannot be given with it"
         )
     tasks = read_task_file(args.from_file)
-    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
+    with signalling_client(args) as client:
         ids = tasks.submit(client, allow_unserved=args.allow_unserved)
     if args.json:
         emit({"ids": ids})

@@ -10,10 +10,12 @@ from typing import Any
 from taskman.cli.common import (
     add_dsn,
     add_json,
+    add_wake,
     emit,
     parse_json,
     parse_time,
     require_dsn,
+    signalling_client,
 )
 from taskman.cli.exitcodes import Exit
 from taskman.cli.follow import Follower, Interrupted, is_terminal
@@ -38,6 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("retry", help="re-queue a failed, aborted or expired task")
     p.add_argument("task_id", type=int)
     add_dsn(p)
+    add_wake(p)
     add_json(p)
     p.set_defaults(handler=retry)
 
@@ -126,6 +129,7 @@ def _register_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
     add_quiet(p)
     add_dsn(p)
+    add_wake(p)
     add_json(p)
     p.set_defaults(handler=submit, usage_error=p.error)
 
@@ -171,7 +175,7 @@ def submit(args: argparse.Namespace) -> int:
         return submit_file(args)
     if args.plugin is None:
         args.usage_error("the following arguments are required: --plugin")
-    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
+    with signalling_client(args) as client:
         task_id = client.submit(
             args.function,
             plugin=args.plugin,
@@ -256,7 +260,7 @@ def abort(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
-    with Client(require_dsn(args), retry_deadline=args.retry_deadline) as client:
+    with signalling_client(args) as client:
         client.retry(args.task_id)
     if args.json:
         emit({"id": args.task_id, "state": TaskState.QUEUED.value})

@@ -133,6 +133,13 @@ CANDIDATE_BLOCKED_FUNCTIONS = " AND (plugin, `function`) NOT IN ({pairs})"
 CANDIDATE_PLUGIN_TERM = (
     "(plugin = %s AND (plugin_version IS NULL OR plugin_version IN ({versions})))"
 )
+# How long until the next queued task becomes due (NULL: none waits): an idle node
+# whose wake-ups are armed sleeps until then at most. Read only after a poll found
+# nothing, so the index-only scan of the queued range runs at the idle pace.
+NEXT_DUE = (
+    "SELECT TIMESTAMPDIFF(MICROSECOND, NOW(6), MIN(run_after)) AS due_us "
+    "FROM tasks FORCE INDEX (tasks_claim) WHERE state = 'queued' AND run_after > NOW(6)"
+)
 
 # The claim: one conditional UPDATE moves the task to running under the new
 # token. `attempt = %s` pins the attempt the claimer saw, and `fence < %s`

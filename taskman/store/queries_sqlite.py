@@ -146,6 +146,10 @@ CANDIDATES = (
 )
 # SQLite's row-value IN needs a subquery on the right: VALUES makes one of the list.
 CANDIDATE_BLOCKED_FUNCTIONS = " AND (plugin, `function`) NOT IN (VALUES {pairs})"
+NEXT_DUE = (
+    "SELECT tm_diff_us(tm_now(), MIN(run_after)) AS due_us "
+    "FROM tasks WHERE state = 'queued' AND run_after > tm_now()"
+)
 
 CLAIM = (
     "UPDATE tasks SET state = 'running', fence = %s, owner = %s, owner_datacenter = %s, "

@@ -218,6 +218,11 @@ class TaskStore(LeaderQueries):
         rows = self.db.query(sql, [*args, limit])
         return [Candidate(**task_fields(Candidate, r)) for r in rows]
 
+    def next_due_in(self) -> float | None:
+        """Seconds until the next queued task becomes due, by the database's clock; None if none."""
+        due_us = self.db.query(self.q.NEXT_DUE)[0]["due_us"]
+        return None if due_us is None else max(0.0, int(due_us) / 1e6)
+
     def claim(
         self,
         task_id: int,

@@ -170,6 +170,7 @@ class InProcessNode:
             runner_factory=self._runner,
         )
         self.steps = NodeSteps(self.ctx, lambda: {"node_id": self.config.node_id})
+        self.coord.watch_wake(self.steps.pacer.signal)  # as Node does: this process's submits
         self.client = Client(self.dsn)
 
     def _runner(self, spec: RunnerSpec, events: queue.Queue[RunnerEvent]) -> FakeRunner:
@@ -195,4 +196,5 @@ class InProcessNode:
 
     def close(self) -> None:
         self.client.close()
+        self.coord.close()
         self.store.close()

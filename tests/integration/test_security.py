@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
+from kazoo.security import ACL, Id, Permissions
 
 from taskman import Client, TaskState, UnservedError
 from taskman.cluster.layout import ClusterPaths
@@ -53,6 +54,25 @@ def test_other_clients_of_the_ensemble_can_neither_read_nor_forge(
         intruder.stop()
         intruder.close()
     assert wait_state(client, task_id, TaskState.SUCCEEDED).attempt == 1
+
+
+def test_anyone_may_bump_the_wake_znode_and_nothing_more(
+    start_node: StartNode, zookeeper: ZooKeeperEnsemble, cluster_name: str
+) -> None:
+    start_node("a")
+    paths = ClusterPaths(cluster_name)
+    intruder = _anonymous(zookeeper.hosts)
+    try:
+        intruder.set(paths.wake, b"")  # a wake-up carries no authority: allowed
+        with pytest.raises(NoAuthError):
+            intruder.delete(paths.wake)
+        with pytest.raises(NoAuthError):
+            intruder.set_acls(paths.wake, [ACL(Permissions.ALL, Id("world", "anyone"))])
+        with pytest.raises(NoAuthError):
+            intruder.create(f"{paths.wake}/child", b"")
+    finally:
+        intruder.stop()
+        intruder.close()
 
 
 def test_a_node_refuses_an_open_namespace_unless_insecure(

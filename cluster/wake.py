@@ -1,0 +1,252 @@
+"""Wake-ups: a task became due, so idle nodes should look now rather than at their next poll.
+
+One znode per cluster, ``/taskman/<cluster>/wake``. Whoever makes work due
+(a Client after its COMMIT, a node writing a retry, the leader reclaiming or
+firing a schedule tick) sets its data; every node keeps a watch on it and
+polls at once when it changes. A wake-up is a hint, never the only way work is
+found: a node whose watch is not armed polls at ``poll_interval``, and one
+whose watch is armed still polls every ``idle_poll_interval``.
+
+Two pieces:
+
+* ``Bumper`` sends bumps for whoever asks, from a thread of its own: the caller
+  never waits and never sees an error (errors are counted). Requests coalesce:
+  one write in flight at a time, ``min_gap`` apart, and a request made while a
+  write is in flight gets a write of its own after it. So every request is
+  followed by a write that *started* after it: a bump never lands before the
+  commit it announces.
+* ``WakeWatch`` keeps a node's watch armed. ZooKeeper watches fire once; the
+  node is woken at once and the watch re-armed with ``exists``; the data version
+  that call returns is compared with the one the firing announced, so a bump
+  that lands between the firing and the re-arm wakes the node again. After a lost connection or session the
+  watch is re-armed and the node woken (it may have missed bumps meanwhile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NodeExistsError
+from kazoo.retry import KazooRetry
+from kazoo.security import ACL, Id, Permissions
+
+from taskman import metrics
+from taskman.cluster.layout import ClusterPaths
+from taskman.cluster.zk import ZK_TIMEOUT, ZkSecurity, wait
+from taskman.errors import CoordinationError
+
+MIN_GAP = 0.02  # seconds between two bumps of one sender: at most 50 writes/s under a flood
+CLIENT_SESSION = 10.0  # the Client's ZooKeeper session: it holds nothing but a connection
+CONNECT_WAIT = 0.25  # a bump waits this long for a connection still coming up, then fails
+
+
+def wake_acl(security: ZkSecurity) -> list[ACL]:
+    """The cluster's ACL, plus: anyone may set the wake znode's data (not delete it, not its ACL).
+
+    A bump carries no authority: the most a forged one does is make every node
+    look at the queue once, which a node without wake-ups does every
+    ``poll_interval`` anyway. So a Client needs no ZooKeeper identity to bump,
+    and an application never holds credentials that could forge a claim.
+    """
+    anyone = ACL(Permissions.READ | Permissions.WRITE, Id("world", "anyone"))
+    own = security.acl()
+    return own if any(a.id.scheme == "world" for a in own) else [*own, anyone]
+
+
+def ensure_wake_node(client: KazooClient, paths: ClusterPaths, security: ZkSecurity) -> None:
+    """Create the wake znode (a node does, at start; a Client never creates anything)."""
+    with contextlib.suppress(NodeExistsError):
+        wait(client.create_async(paths.wake, b"", acl=wake_acl(security)))
+
+
+@dataclass
+class BumpStats:
+    requested: int = 0
+    sent: int = 0
+    failed: int = 0
+
+
+class Bumper:
+    """Sends coalesced bumps through ``write`` from its own thread; ``bump`` never blocks."""
+
+    def __init__(
+        self, write: Callable[[], None], *, min_gap: float = MIN_GAP, name: str = "wake-bump"
+    ) -> None:
+        self._write = write
+        self.min_gap = min_gap
+        self.stats = BumpStats()
+        self._name = name
+        self._cond = threading.Condition()
+        self._pending = False
+        self._busy = False  # a write is under way
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def bump(self) -> None:
+        """Ask for a bump after this moment; returns at once."""
+        with self._cond:
+            if self._closed:
+                return
+            self.stats.requested += 1
+            self._pending = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until every bump asked for so far was tried."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, flush: float = 0.0) -> None:
+        if flush > 0:
+            self.flush(flush)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self._pending, self._busy = False, True
+            try:
+                self._write()
+            except Exception:  # noqa: BLE001 - a bump is a hint: count, never raise (nor log:
+                self.stats.failed += 1  # a Client runs inside applications that own their logs)
+            else:
+                self.stats.sent += 1
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                # Coalesce: whatever is asked for during the gap is one bump after it (a
+                # request's notify must not end the gap early).
+                gap_ends = time.monotonic() + self.min_gap
+                while not self._closed and (left := gap_ends - time.monotonic()) > 0:
+                    self._cond.wait(left)
+
+
+class ClientWaker:
+    """A Client's bumps: its own ZooKeeper connection, made in the background.
+
+    A ZooKeeper that is down or slow never blocks the Client: the connection is
+    tried from kazoo's thread, and a bump made while it is not up is counted as
+    failed after a short wait (the nodes' idle poll finds the task instead).
+    """
+
+    def __init__(self, hosts: str, cluster: str, *, min_gap: float = MIN_GAP) -> None:
+        self.path = ClusterPaths(cluster).wake
+        self._zk = KazooClient(
+            hosts=hosts,
+            timeout=CLIENT_SESSION,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=5.0),
+            command_retry=KazooRetry(max_tries=1, delay=0.05, deadline=1.0),
+        )
+        self._zk.start_async()  # connects in kazoo's thread, retrying for ever
+        self._bumper = Bumper(self._send, min_gap=min_gap, name="client-wake")
+
+    @property
+    def stats(self) -> BumpStats:
+        return self._bumper.stats
+
+    def bump(self) -> None:
+        self._bumper.bump()
+
+    def _send(self) -> None:
+        if not self._zk.connected:
+            # Just started, or reconnecting: give it a moment, then let the idle poll do.
+            deadline = time.monotonic() + CONNECT_WAIT
+            while not self._zk.connected and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not self._zk.connected:
+                raise CoordinationError("not connected to ZooKeeper")
+        wait(self._zk.set_async(self.path, b""), timeout=ZK_TIMEOUT)
+
+    def close(self, flush: float = 0.5) -> None:
+        """Send what is pending (for up to ``flush`` s: a CLI exits right after), then hang up."""
+        self._bumper.close(flush=flush)
+        with contextlib.suppress(Exception):
+            self._zk.stop()
+            self._zk.close()
+
+
+class WakeWatch:
+    """Keeps a watch on the wake znode; ``on_wake`` runs (on kazoo's thread) when it changes."""
+
+    def __init__(self, client: KazooClient, path: str, on_wake: Callable[[], None]) -> None:
+        self._client = client
+        self._path = path
+        self._on_wake = on_wake
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._armed = False
+        self.woken = 0
+        client.add_listener(self._on_state)
+        self._arm()
+
+    @property
+    def armed(self) -> bool:
+        """The watch is registered with the server this session, and nothing has dropped it."""
+        return self._armed and self._client.state == KazooState.CONNECTED
+
+    def _arm(self) -> None:
+        try:
+            result = self._client.exists_async(self._path, watch=self._on_event)
+        except KazooException:
+            self._armed = False
+            return
+        result.rawlink(self._armed_by)
+
+    def _armed_by(self, result: Any) -> None:
+        try:
+            stat = result.get_nowait()
+        except Exception:  # noqa: BLE001 - not armed: the node polls at poll_interval
+            self._armed = False
+            return
+        version = None if stat is None else int(stat.version)
+        with self._lock:
+            changed = version != self._version
+            self._version = version
+            self._armed = stat is not None
+        if changed:
+            self._wake()
+
+    def _on_event(self, event: Any) -> None:
+        # Wake at once (a round trip sooner than after the re-arm), taking the bump
+        # that fired the watch as the next version; the re-arm wakes the node again
+        # only if it reads a later one (a bump between the firing and the re-arm).
+        with self._lock:
+            if self._version is not None:
+                self._version += 1
+        self._wake()
+        self._arm()
+
+    def _on_state(self, state: str) -> None:
+        # kazoo's connection thread: record and hand off, never block here.
+        if state != KazooState.CONNECTED:
+            self._armed = False
+            return
+        with self._lock:
+            self._version = None  # whatever it reads now wakes the node
+        self._client.handler.spawn(self._arm)
+
+    def _wake(self) -> None:
+        self.woken += 1
+        metrics.WAKEUPS.inc()
+        self._on_wake()
