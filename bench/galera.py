@@ -44,6 +44,8 @@ _WSREP_COUNTERS = (
     "wsrep_local_cert_failures",  # transactions that lost certification to another node's
     "wsrep_local_bf_aborts",  # local transactions aborted by a replicated one (brute force)
 )
+# InnoDB's row lock waits: where one server's claims queue behind each other.
+_LOCK_COUNTERS = ("Innodb_row_lock_waits", "Innodb_row_lock_time", "Innodb_deadlocks")
 _RTT_PROBE = """
 import socket, sys, time
 samples = []
@@ -114,7 +116,7 @@ def run(record: Record, bench_lab: Lab, modes: list[str], tasks: int, slots: int
             )
             record(
                 f"galera[{mode},single MariaDB,3 nodes]",
-                lambda m=mode: throughput(bench_lab, m, tasks, 3, slots),
+                lambda m=mode: single_mariadb(bench_lab, m, tasks, slots),
             )
     finally:
         for lab in labs:
@@ -196,6 +198,7 @@ def drain(lab: MultiDCLab, bench_lab: Lab, mode: str, tasks: int, slots: int) ->
     lab.save()
     fill_queued(dsn, tasks)
     wsrep_before = _wsrep_counters(lab)
+    locks_before = _lock_counters([lab.root_connection(dc) for dc in lab.galera_dcs])
     meter = CpuMeter()
     meter.add("galera (3 servers)", _pids(lab, "galera"))
     meter.add("zookeeper (3 servers)", _pids(lab, "zk"))
@@ -212,6 +215,7 @@ def drain(lab: MultiDCLab, bench_lab: Lab, mode: str, tasks: int, slots: int) ->
         cpu = meter.stop()
         span = _span_seconds(dsn)
         wsrep = _wsrep_counters(lab)
+        locks = _lock_counters([lab.root_connection(dc) for dc in lab.galera_dcs])
         states = count_states(dsn)
     finally:
         _stop_nodes(lab)
@@ -234,6 +238,40 @@ def drain(lab: MultiDCLab, bench_lab: Lab, mode: str, tasks: int, slots: int) ->
         "cert_failures": wsrep["wsrep_local_cert_failures"]
         - wsrep_before["wsrep_local_cert_failures"],
         "bf_aborts": wsrep["wsrep_local_bf_aborts"] - wsrep_before["wsrep_local_bf_aborts"],
+        **_lock_figures(locks_before, locks, tasks),
+    }
+
+
+def single_mariadb(bench_lab: Lab, mode: str, tasks: int, slots: int) -> dict[str, Any]:
+    """``throughput`` with 3 nodes on the bench's one MariaDB, and its row lock waits."""
+    before = _lock_counters([bench_lab.mariadb.root_connection()])
+    figure = throughput(bench_lab, mode, tasks, 3, slots)
+    after = _lock_counters([bench_lab.mariadb.root_connection()])
+    return {**figure, **_lock_figures(before, after, tasks)}
+
+
+def _lock_counters(conns: list[Any]) -> dict[str, int]:
+    """InnoDB's lock counters summed over these servers' root connections (closed here)."""
+    totals = dict.fromkeys(_LOCK_COUNTERS, 0)
+    for conn in conns:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN %s", (_LOCK_COUNTERS,))
+                for name, value in cur.fetchall():
+                    totals[str(name)] += int(value)
+        finally:
+            conn.close()
+    return totals
+
+
+def _lock_figures(before: dict[str, int], after: dict[str, int], tasks: int) -> dict[str, Any]:
+    waits = after["Innodb_row_lock_waits"] - before["Innodb_row_lock_waits"]
+    return {
+        "row_lock_waits": waits,
+        "row_lock_wait_ms_per_task": round(
+            (after["Innodb_row_lock_time"] - before["Innodb_row_lock_time"]) / tasks, 2
+        ),
+        "deadlocks": after["Innodb_deadlocks"] - before["Innodb_deadlocks"],
     }
 
 
