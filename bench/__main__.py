@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import celery_side, claims, cluster_benches, runner_start, submits
+from bench import celery_side, claims, cluster_benches, galera, runner_start, submits
 from bench.common import git_revision, lab, setup_description
 
 IDLE_POLL = 2.0  # the latency figures' idle poll with wake-ups (seconds)
@@ -32,6 +32,7 @@ ALL = (
     "memory",
     "submit_many",
     "celery",
+    "galera",
 )
 
 
@@ -71,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parser().parse_args(argv)
     if args.only is None:
-        # The smoke run starts every server it uses itself: no outside broker for Celery.
-        args.only = [name for name in ALL if not (args.smoke and name == "celery")]
+        # The smoke run starts every server it uses itself: no outside broker for Celery;
+        # nor the 3-datacenter Galera lab (20 s to come up): `--only galera` asks for it.
+        args.only = [name for name in ALL if not (args.smoke and name in ("celery", "galera"))]
     if args.smoke:
         smoke_sizes(args)
 
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"claims[{queued} queued]",
                     lambda q=queued: claims.claim_cost(the_lab, q, args.claims),
                 )
+        if "galera" in args.only:  # brings the 3-datacenter lab up and down itself
+            galera.run(record, the_lab, modes, args.tasks, args.slots)
     report["ratios"] = ratios(figures, modes, args.big_queue)
     print_report(report)
     if args.json:
@@ -263,6 +267,7 @@ def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, flo
     sb = get("claims[10000 queued]", "claim_batched_8", "median_ms")
     if small and sb:
         out["claim cost one-at-a-time/batched (10000 queued)"] = round(small / sb, 2)
+    out.update(galera.ratios(figures))
     return out
 
 
