@@ -85,6 +85,7 @@ class PooledAttempt:
         self.output_exceeded = False
         self.signalled = False  # the node stopped it: its process is not reused
         self.ended = False  # its exit event was sent
+        self.began = False  # its runner said "ready": it may have run task code
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
 
@@ -141,7 +142,9 @@ class PooledAttempt:
         if self.ended:
             return
         self.last_heard = time.monotonic()
-        if message["t"] == "exit":
+        if message["t"] == "ready":
+            self.began = True
+        elif message["t"] == "exit":
             self.ended = True
         self.events.put(RunnerEvent(self, message))
 
@@ -164,6 +167,7 @@ class PooledProcess(Runner):
     current: PooledAttempt | None = None  # the attempt it runs now
     attempts_run: int = 0
     retired: bool = False  # signalled, exited or recycled: never given another attempt
+    handed: PooledAttempt | None = None  # the attempt given to it while it was idle
     idle_since: float = 0.0
     _route_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -171,6 +175,7 @@ class PooledProcess(Runner):
         """Run ``attempt`` next (the process is idle); False if it is gone."""
         with self._route_lock:
             self.current = attempt
+            self.handed = attempt
         if self.send(spec_message(attempt.spec)):
             return True
         with self._route_lock:
@@ -212,8 +217,20 @@ class PooledProcess(Runner):
         if self.pool is not None:
             self.pool.forget(self)
         Runner.close(self)  # its socket: no attempt closes a pooled runner's
-        if attempt is not None:
-            attempt.deliver(message)
+        if attempt is None:
+            return
+        if (
+            self.pool is not None
+            and self.handed is attempt
+            and not attempt.began
+            and not attempt.signalled
+        ):
+            # An idle runner that died unnoticed (OOM killer, a stray kill) before the
+            # attempt it was handed began: the attempt never ran, so it is not its crash.
+            self.pool.log("runner.lost_idle", pid=self.pid, code=message.get("code"))
+            self.pool.run(attempt)
+            return
+        attempt.deliver(message)
 
     def _snapshot(self) -> None:
         if self.current is not None:  # between attempts nothing of a task is left to note

@@ -7,7 +7,9 @@ only that attempt, and a process the node signalled is never reused.
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,3 +241,32 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_an_idle_runner_that_died_unnoticed_costs_its_next_attempt_nothing(
+    pool: RunnerPool,
+) -> None:
+    _, _, first, _ = run(pool, spec("demo.tasks:whoami"))
+    assert first is not None
+    idle_pid = first["value"]["pid"]
+    os.kill(idle_pid, signal.SIGSTOP)  # it cannot answer the next spec, nor die yet
+    events: queue.Queue[RunnerEvent] = queue.Queue()
+    attempt = PooledAttempt(spec("demo.tasks:whoami"), events, pool)
+    attempt.launch()
+    assert attempt.process is not None and attempt.process.pid == idle_pid  # handed to it
+    os.kill(idle_pid, signal.SIGKILL)  # dies before the attempt began
+    exit_message, final, _ = wait_exit(attempt, events)
+    assert exit_message["code"] == 0 and final is not None
+    assert final["value"]["pid"] != idle_pid  # run by a new runner, as if nothing happened
+
+
+def test_an_attempt_killed_before_it_began_is_not_run_elsewhere(pool: RunnerPool) -> None:
+    _, _, first, _ = run(pool, spec("demo.tasks:whoami"))
+    assert first is not None
+    os.kill(first["value"]["pid"], signal.SIGSTOP)
+    events: queue.Queue[RunnerEvent] = queue.Queue()
+    attempt = PooledAttempt(spec("demo.tasks:whoami"), events, pool)
+    attempt.launch()
+    attempt.kill()  # the node stops it (a fence, an abort) before it began
+    exit_message, final, _ = wait_exit(attempt, events)
+    assert exit_message["code"] == -9 and final is None
