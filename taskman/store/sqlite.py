@@ -155,6 +155,12 @@ class SQLiteCursor:
         self.lastrowid = cur.lastrowid or 0
         return self.rowcount
 
+    def execute_rows(self, statement: str, row: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run ``statement`` followed by ``row`` once per item of ``rows``, joined by ", "."""
+        return self.execute(
+            statement + ", ".join([row] * len(rows)), [value for item in rows for value in item]
+        )
+
     def fetchone(self) -> dict[str, Any] | None:
         if self._next >= len(self._rows):
             return None
