@@ -27,8 +27,8 @@ class Cursor(Protocol):
 
     def execute(self, query: str, args: Any = None) -> int: ...
 
-    def execute_rows(self, statement: str, row: str, rows: Sequence[Sequence[Any]]) -> int:
-        """``statement``, then ``row`` filled with each item's values, joined by ", "."""
+    def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
+        """``statement``, then ``row`` filled with each row of ``columns``, joined by ", "."""
         ...
 
     def fetchone(self) -> dict[str, Any] | None: ...

@@ -95,7 +95,7 @@ class BulkStore:
         )
         row = self.q.BULK_TASK_ROW.format(values=", ".join(["%s"] * len(kept)), run_after=run_after)
         try:
-            cur.execute_rows(statement, row, list(zip(*values, strict=True)))
+            cur.execute_rows(statement, row, values)
         except DuplicateKeyError:
             # Another submit took one of the batch's idempotency keys after we looked
             # them up (request ids are the batch's own): look again, in a new transaction.

@@ -122,39 +122,25 @@ class MySQLCursor:
                 raise classify(exc) from exc
             raise
 
-    def execute_rows(self, statement: str, row: str, rows: Sequence[Sequence[Any]]) -> int:
-        """Run ``statement`` followed by ``row`` once per item of ``rows``, joined by ", ".
+    def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
+        """Run ``statement``, then ``row`` once per row of ``columns``, joined by ", ".
 
-        Each ``row`` is filled with its item's values, escaped as ``execute`` escapes
-        them (``Connection.escape``), with the common types (None, str, int) done here
-        without its per-value dispatch: a chunk of submit_many holds thousands of values.
+        Row ``i`` fills ``row``'s placeholders with the ``i``-th value of each column,
+        escaped as ``execute`` escapes them (``Connection.escape``). A chunk of
+        submit_many holds thousands of values: the common types (None, str, int) are
+        rendered here without escape's per-value dispatch, and a value repeated down
+        a column (plugin, function, priority) is rendered once.
         """
         conn = self._cur.connection
         escape = conn.escape
         # Under sql_mode NO_BACKSLASH_ESCAPES (or unknown) strings are quoted otherwise.
         no_backslash = SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
         if getattr(conn, "server_status", no_backslash) & no_backslash:
-            return self.execute(statement + ", ".join([row % _literals(escape, v) for v in rows]))
-        text = escape_string
-        values = ", ".join(
-            [
-                row
-                % tuple(
-                    [
-                        "NULL"
-                        if v is None
-                        else f"'{text(v)}'"
-                        if type(v) is str
-                        else str(v)
-                        if type(v) is int
-                        else escape(v)
-                        for v in item
-                    ]
-                )
-                for item in rows
-            ]
-        )
-        return self.execute(statement + values)
+            rendered = [[escape(value) for value in column] for column in columns]
+        else:
+            rendered = [_rendered(column, escape) for column in columns]
+        rows = [row % values for values in zip(*rendered, strict=True)]
+        return self.execute(statement + ", ".join(rows))
 
     def fetchone(self) -> dict[str, Any] | None:
         return self._cur.fetchone()
@@ -163,8 +149,25 @@ class MySQLCursor:
         return list(self._cur.fetchall())
 
 
-def _literals(escape: Callable[[Any], str], values: Sequence[Any]) -> tuple[str, ...]:
-    return tuple([escape(v) for v in values])
+def _rendered(column: Sequence[Any], escape: Callable[[Any], str]) -> list[str]:
+    """A column's values as SQL literals (backslash escapes), each as ``escape`` renders it."""
+    distinct = set(column)
+    if 2 * len(distinct) > len(column) or len(set(map(type, column)) - {type(None)}) > 1:
+        # Mostly distinct values; or several types, which a memo could mix up (1, 1.0
+        # and True are one key but three literals).
+        text = escape_string
+        return [
+            "NULL"
+            if v is None
+            else f"'{text(v)}'"
+            if type(v) is str
+            else str(v)
+            if type(v) is int
+            else escape(v)
+            for v in column
+        ]
+    known = {v: escape(v) for v in distinct}
+    return list(map(known.__getitem__, column))
 
 
 def tls_options(dsn: MySQLDSN) -> dict[str, Any]:
