@@ -6,10 +6,9 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskman.errors import PayloadTooLargeError, ValidationError
 
@@ -34,9 +33,37 @@ MAX_CONCURRENCY = 10_000
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
-@dataclass(frozen=True)
-class NewTask:
-    """A validated submission, ready for the store."""
+def _reused_encoder() -> Callable[[object], str] | None:
+    """``_JSON.encode`` for lists and dicts, without its set-up on every call.
+
+    JSONEncoder.encode builds its C encoder anew on each call, 2 of its 3 us for
+    small arguments. This one is built once, with _JSON's options; without a
+    circular-reference check (a shared check could keep an entry after an error):
+    a value that contains itself fails with RecursionError instead. None where
+    the C accelerator is missing or takes other arguments.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encode = make(
+            None, _JSON.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        )
+    except TypeError:
+        return None
+    return lambda value: "".join(encode(value, 0))
+
+
+_ENCODE = _reused_encoder() or _JSON.encode
+
+
+class NewTask(NamedTuple):
+    """A validated submission, ready for the store.
+
+    A NamedTuple, not a frozen dataclass: as immutable, and made three times faster
+    (a frozen dataclass sets each field through object.__setattr__), which counts
+    when submit_many validates 10,000 of them.
+    """
 
     request_id: str
     plugin: str
@@ -120,11 +147,15 @@ def check_aware(name: str, value: object) -> datetime | None:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
-def encode_json(name: str, value: object) -> str:
+def encode_json(name: str, value: list[Any] | dict[str, Any]) -> str:
     try:
-        return _JSON.encode(value)
+        return _ENCODE(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{name} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ValidationError(
+            f"{name} is not JSON-serialisable: it contains itself, or is nested too deeply"
+        ) from None
 
 
 def build_task(

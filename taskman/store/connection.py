@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from types import ModuleType
 from typing import Any, TypeVar
@@ -12,6 +12,8 @@ import pymysql
 import pymysql.cursors
 import structlog
 from pymysql.connections import Connection
+from pymysql.constants import SERVER_STATUS
+from pymysql.converters import escape_string
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -120,11 +122,52 @@ class MySQLCursor:
                 raise classify(exc) from exc
             raise
 
+    def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
+        """Run ``statement``, then ``row`` once per row of ``columns``, joined by ", ".
+
+        Row ``i`` fills ``row``'s placeholders with the ``i``-th value of each column,
+        escaped as ``execute`` escapes them (``Connection.escape``). A chunk of
+        submit_many holds thousands of values: the common types (None, str, int) are
+        rendered here without escape's per-value dispatch, and a value repeated down
+        a column (plugin, function, priority) is rendered once.
+        """
+        conn = self._cur.connection
+        escape = conn.escape
+        # Under sql_mode NO_BACKSLASH_ESCAPES (or unknown) strings are quoted otherwise.
+        no_backslash = SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
+        if getattr(conn, "server_status", no_backslash) & no_backslash:
+            rendered = [[escape(value) for value in column] for column in columns]
+        else:
+            rendered = [_rendered(column, escape) for column in columns]
+        rows = [row % values for values in zip(*rendered, strict=True)]
+        return self.execute(statement + ", ".join(rows))
+
     def fetchone(self) -> dict[str, Any] | None:
         return self._cur.fetchone()
 
     def fetchall(self) -> list[dict[str, Any]]:
         return list(self._cur.fetchall())
+
+
+def _rendered(column: Sequence[Any], escape: Callable[[Any], str]) -> list[str]:
+    """A column's values as SQL literals (backslash escapes), each as ``escape`` renders it."""
+    distinct = set(column)
+    if 2 * len(distinct) > len(column) or len(set(map(type, column)) - {type(None)}) > 1:
+        # Mostly distinct values; or several types, which a memo could mix up (1, 1.0
+        # and True are one key but three literals).
+        text = escape_string
+        return [
+            "NULL"
+            if v is None
+            else f"'{text(v)}'"
+            if type(v) is str
+            else str(v)
+            if type(v) is int
+            else escape(v)
+            for v in column
+        ]
+    known = {v: escape(v) for v in distinct}
+    return list(map(known.__getitem__, column))
 
 
 def tls_options(dsn: MySQLDSN) -> dict[str, Any]:

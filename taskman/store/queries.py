@@ -10,7 +10,8 @@ from __future__ import annotations
 # -- sessions ---------------------------------------------------------------
 # UTC everywhere; wsrep_sync_wait=1 makes reads causal on Galera (a read sees
 # every write committed anywhere in the cluster before it started).
-SESSION_SETUP = "SET time_zone = '+00:00'"
+# group_concat_max_len: TASK_IDS_BY_REQUEST_ID_RANGE's reply (MariaDB's default; MySQL's is 1 kB).
+SESSION_SETUP = "SET time_zone = '+00:00', group_concat_max_len = 1048576"
 SESSION_GALERA_SYNC = "SET SESSION wsrep_sync_wait = 1"
 HAS_WSREP = "SHOW GLOBAL VARIABLES LIKE 'wsrep_on'"  # empty on servers built without wsrep
 NOW = "SELECT NOW(6)"
@@ -40,9 +41,7 @@ TASK_COLUMNS = (
     "error_message, created_at, started_at, finished_at, updated_at"
 )
 
-# A submit inserts one row; submit_many a chunk of rows per statement: {rows} is
-# INSERT_TASKS_ROW once per task, joined by ", ". NOW(6) is one value per statement,
-# so a chunk's tasks are due together and claimed in id order, which is item order.
+# A submit inserts one row (INSERT_TASK, params: store/bulk.py insert_params).
 INSERT_TASKS = (
     "INSERT INTO tasks (request_id, idempotency_key, plugin, plugin_version, `function`, args, "
     "kwargs, priority, datacenter, not_before, not_after, run_after, timeout_seconds, "
@@ -59,9 +58,47 @@ TASK_BY_IDEMPOTENCY_KEY = (
     "SELECT id, plugin, plugin_version, `function`, args, kwargs FROM tasks "
     "WHERE idempotency_key = %s"
 )
+# submit_many inserts a chunk of tasks per statement: BULK_INSERT_TASKS, then
+# BULK_TASK_ROW once per task, joined by ", ". {columns} are those of BULK_COLUMNS
+# some task of the chunk sets; a column left out keeps its default, NULL (less for
+# the server to parse). {values} is one %s per column; {run_after} BULK_RUN_AFTER,
+# or BULK_RUN_AFTER_NOT_BEFORE (one more %s: the task's not_before) when a task of
+# the chunk has a not_before. NOW(6) is one value per statement, so a chunk's tasks
+# are due together and claimed in id order, which is item order.
+BULK_INSERT_TASKS = "INSERT INTO tasks ({columns}, run_after, state) VALUES "
+BULK_TASK_ROW = "({values}, {run_after}, 'queued')"
+BULK_RUN_AFTER = "NOW(6)"
+BULK_RUN_AFTER_NOT_BEFORE = "GREATEST(NOW(6), COALESCE(%s, NOW(6)))"
+# Column -> NewTask attribute, in statement order. A column every task of a chunk
+# leaves None is left out (NOT NULL ones never are).
+BULK_COLUMNS = {
+    "request_id": "request_id",
+    "idempotency_key": "idempotency_key",
+    "plugin": "plugin",
+    "plugin_version": "plugin_version",
+    "`function`": "function",
+    "args": "args_json",
+    "kwargs": "kwargs_json",
+    "priority": "priority",
+    "datacenter": "datacenter",
+    "not_before": "not_before",
+    "not_after": "not_after",
+    "timeout_seconds": "timeout",
+    "max_attempts": "max_attempts",
+    "retry_backoff_seconds": "retry_backoff",
+    "limits": "limits_json",
+    "concurrency_key": "concurrency_key",
+    "concurrency_limit": "concurrency_limit",
+}
 # The same lookups for a batch. Its request ids share a prefix (taskman/bulk.py): one
-# range of the unique index holds them all. {keys} is one %s per key of a chunk.
-TASKS_BY_REQUEST_ID_RANGE = "SELECT id, request_id FROM tasks WHERE request_id BETWEEN %s AND %s"
+# range of the unique index holds them all. {keys} is one %s per key of a chunk. The
+# ids come back as one text of "id:request_id" pairs joined by "," (in no order): one
+# row to read instead of one per task. At most BulkStore's READ_BACK_ITEMS per range,
+# so that the text stays under group_concat_max_len (SESSION_SETUP).
+TASK_IDS_BY_REQUEST_ID_RANGE = (
+    "SELECT GROUP_CONCAT(id, ':', request_id) AS pairs FROM tasks "
+    "WHERE request_id BETWEEN %s AND %s"
+)
 TASKS_BY_IDEMPOTENCY_KEYS = (
     "SELECT id, idempotency_key, plugin, plugin_version, `function`, args, kwargs FROM tasks "
     "WHERE idempotency_key IN ({keys})"

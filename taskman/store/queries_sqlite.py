@@ -26,6 +26,7 @@ from __future__ import annotations
 from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads them from here
     ABORT_RUNNING,
     ADVANCE_SCHEDULE,
+    BULK_COLUMNS,
     CANDIDATE_BLOCKED_KEYS,
     CANDIDATE_PLUGIN_TERM,
     COUNT_BY_STATE,
@@ -56,7 +57,6 @@ from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads
     TASK_ID_BY_KEY,
     TASK_STATE,
     TASKS_BY_IDEMPOTENCY_KEYS,
-    TASKS_BY_REQUEST_ID_RANGE,
     UI_CREATED_AT,
     UI_LEADERSHIP,
     UI_LIST,
@@ -106,6 +106,16 @@ INSERT_TASKS_ROW = (
     "%s, %s, %s, %s, %s, %s, 'queued', tm_now(), tm_now())"
 )
 INSERT_TASK = INSERT_TASKS.format(rows=INSERT_TASKS_ROW)
+BULK_INSERT_TASKS = (
+    "INSERT INTO tasks ({columns}, run_after, state, created_at, updated_at) VALUES "
+)
+BULK_TASK_ROW = "({values}, {run_after}, 'queued', tm_now(), tm_now())"
+BULK_RUN_AFTER = "tm_now()"
+BULK_RUN_AFTER_NOT_BEFORE = "MAX(tm_now(), COALESCE(%s, tm_now()))"
+TASK_IDS_BY_REQUEST_ID_RANGE = (
+    "SELECT group_concat(id || ':' || request_id) AS pairs FROM tasks "
+    "WHERE request_id BETWEEN %s AND %s"
+)
 
 ABORT_QUEUED = (
     "UPDATE tasks SET state = 'aborted', abort_requested = 1, finished_at = tm_now(), "

@@ -155,6 +155,13 @@ class SQLiteCursor:
         self.lastrowid = cur.lastrowid or 0
         return self.rowcount
 
+    def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
+        """Run ``statement``, then ``row`` once per row of ``columns``, joined by ", "."""
+        rows = list(zip(*columns, strict=True))
+        return self.execute(
+            statement + ", ".join([row] * len(rows)), [value for item in rows for value in item]
+        )
+
     def fetchone(self) -> dict[str, Any] | None:
         if self._next >= len(self._rows):
             return None

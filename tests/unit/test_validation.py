@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -113,6 +114,32 @@ def test_arguments_must_be_json_serialisable(field: str, value: object) -> None:
 
 def test_encode_json_is_compact_and_keeps_unicode() -> None:
     assert encode_json("args", ["é", {"a": 1}]) == '["é",{"a":1}]'
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        {},
+        ["x", 5, -0.0, 1e300, 2**70, None, True, False],
+        {"é": [1.5, {"nested": ["\u2028\n\"'\\", "🚀"]}], "b": None},
+        [[[[["deep"]]]]],
+    ],
+)
+def test_encode_json_is_what_json_dumps_makes(value: Any) -> None:
+    # The encoder is built once (validation._reused_encoder): its output must stay json.dumps'.
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert encode_json("args", value) == expected
+    assert encode_json("args", value) == expected  # and again: nothing kept between calls
+
+
+def test_arguments_that_contain_themselves_are_refused() -> None:
+    looped: list[Any] = [1]
+    looped.append(looped)
+    for _ in range(2):  # the error leaves nothing behind that fails the next call
+        with pytest.raises(ValidationError, match=r"^args is not JSON-serialisable: it contains"):
+            build(args=looped)
+        assert build(args=[1, [1]]).args_json == "[1,[1]]"
 
 
 # -- payload size --------------------------------------------------------------------------
