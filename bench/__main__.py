@@ -2,7 +2,7 @@
 
 Every figure is measured in this one run, against servers this run starts: MariaDB
 and a 3-server ZooKeeper ensemble on loopback (taskman.lab), nodes as real
-``taskman node`` processes. Where a figure exists for both runner modes (cold
+``taskman node`` processes; for Celery's figures a RabbitMQ node (bench/rabbitmq.py). Where a figure exists for both runner modes (cold
 spawn, zygote fork) both are measured here and their ratio printed.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import celery_side, claims, cluster_benches, galera, runner_start, submits
+from bench import claims, cluster_benches, galera, runner_start, submits, versus_celery
 from bench.common import git_revision, lab, setup_description
 
 IDLE_POLL = 2.0  # the latency figures' idle poll with wake-ups (seconds)
@@ -57,9 +57,15 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--modes", nargs="*", help="runner modes (default: all available)")
     parser.add_argument(
+        "--celery-tasks",
+        nargs="*",
+        type=int,
+        help="no-op tasks per Celery throughput figure (default: --tasks), e.g. 2000 20000",
+    )
+    parser.add_argument(
         "--celery-broker",
-        default=celery_side.DEFAULT_BROKER,
-        help="RabbitMQ for the Celery figures (loopback only)",
+        help="an existing RabbitMQ on loopback for the Celery figures (default: the run "
+        "starts its own node)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks it works (CI)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -67,16 +73,22 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sizes(args: argparse.Namespace) -> argparse.Namespace:
+    """The figures and sizes to run: --smoke's tiny ones, or the options'."""
+    if args.only is None:
+        # The 3-datacenter Galera lab takes 20 s to come up: `--only galera` asks for it.
+        args.only = [name for name in ALL if not (args.smoke and name == "galera")]
+    if args.smoke:
+        smoke_sizes(args)
+        args.celery_tasks = None
+    args.celery_tasks = args.celery_tasks or [args.tasks]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM must unwind through the lab's context managers, or its servers outlive us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    args = parser().parse_args(argv)
-    if args.only is None:
-        # The smoke run starts every server it uses itself: no outside broker for Celery;
-        # nor the 3-datacenter Galera lab (20 s to come up): `--only galera` asks for it.
-        args.only = [name for name in ALL if not (args.smoke and name in ("celery", "galera"))]
-    if args.smoke:
-        smoke_sizes(args)
+    args = sizes(parser().parse_args(argv))
 
     modes = args.modes or default_modes()
     report: dict[str, Any] = {"revision": git_revision(), "modes": modes, "figures": {}}
@@ -102,14 +114,6 @@ def main(argv: list[str] | None = None) -> int:
             )
     if "submit_many" in args.only:  # embedded mode: no servers
         record("submit_many[sqlite]", lambda: submits.submit_rates(None, args.submits))
-    if "celery" in args.only:
-        for per_child in (None, 1):
-            record(
-                f"celery[prefork 2,max_tasks_per_child={per_child}]",
-                lambda p=per_child: celery_side.throughput(
-                    args.tasks if p is None else min(args.tasks, 500), args.celery_broker, p
-                ),
-            )
     with lab(base) as the_lab:
         report["setup"] = setup_description(the_lab)
         report["setup"].update(slots_per_node=args.slots, session_timeout=args.session_timeout)
@@ -137,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 )
         idle_figures(record, the_lab, modes[-1], args)
+        if "celery" in args.only:  # its results go to the lab's MariaDB, as taskman's do
+            versus_celery.measure(
+                record,
+                the_lab,
+                args.celery_tasks,
+                min(args.tasks, versus_celery.ISOLATED_TASKS),
+                args.latency_samples,
+                args.celery_broker,
+            )
         if "submit_many" in args.only:
             record("submit_many[mariadb]", lambda: submits.submit_rates(the_lab, args.submits))
         if "claims" in args.only:
@@ -243,18 +256,7 @@ def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, flo
         two = get(f"throughput[{mode},2 nodes]", "tasks_per_s")
         if one and two:
             out[f"throughput 2 nodes/1 node ({mode})"] = round(two / one, 2)
-    default_pool = get("celery[prefork 2,max_tasks_per_child=None]", "tasks_per_s")
-    isolated = get("celery[prefork 2,max_tasks_per_child=1]", "tasks_per_s")
-    for mode in modes:
-        ours = get(f"throughput[{mode},1 node]", "tasks_per_s")
-        if ours and isolated:
-            out[f"throughput taskman {mode} 1 node / Celery max_tasks_per_child=1"] = round(
-                ours / isolated, 1
-            )
-        if ours and default_pool:
-            out[f"throughput taskman {mode} 1 node / Celery default pool"] = round(
-                ours / default_pool, 3
-            )
+    out.update(versus_celery.ratios(figures, modes))
     for backend in ("mariadb", "sqlite"):
         one = get(f"submit_many[{backend}]", "submit_per_s")
         many = get(f"submit_many[{backend}]", "submit_many_per_s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -25,5 +26,17 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     broken = {name: f for name, f in figures.items() if isinstance(f, dict) and "error" in f}
     assert not broken, broken
     families = ("runner_start", "throughput", "latency", "claims", "recovery", "memory")
-    for family in (*families, "submit_many"):
+    for family in (*families, "submit_many", "celery"):
         assert any(name.startswith(family) for name in figures), family
+    celery_runs = [f for name, f in figures.items() if name.startswith("celery[throughput,")]
+    if _celery_installed() and Path("/usr/lib/rabbitmq/bin/rabbitmq-server").is_file():
+        # The bench starts its own broker now: with both installed, Celery is measured.
+        assert celery_runs, figures.get("celery")
+        assert all(f["results_stored"] == f["tasks"] for f in celery_runs), celery_runs
+        assert "median_ms" in figures["celery[latency,prefork 2]"]
+    elif not celery_runs:
+        assert "skipped" in figures["celery"]  # and says why
+
+
+def _celery_installed() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("celery", "sqlalchemy"))
