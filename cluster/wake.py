@@ -43,7 +43,10 @@ from taskman.errors import CoordinationError
 
 MIN_GAP = 0.02  # seconds between two bumps of one sender: at most 50 writes/s under a flood
 CLIENT_SESSION = 10.0  # the Client's ZooKeeper session: it holds nothing but a connection
-CONNECT_WAIT = 0.25  # a bump waits this long for a connection still coming up, then fails
+# A bump waits (in the background) this long for a connection still coming up, then fails.
+# Long: a Client's first submit often comes before its connection is up, and a dropped
+# bump leaves the task to the nodes' idle poll.
+CONNECT_WAIT = CLIENT_SESSION
 
 
 def wake_acl(security: ZkSecurity) -> list[ACL]:
@@ -146,8 +149,9 @@ class ClientWaker:
     """A Client's bumps: its own ZooKeeper connection, made in the background.
 
     A ZooKeeper that is down or slow never blocks the Client: the connection is
-    tried from kazoo's thread, and a bump made while it is not up is counted as
-    failed after a short wait (the nodes' idle poll finds the task instead).
+    tried from kazoo's thread, and a bump made while it is not up waits for it in
+    the bumper's thread (up to ``CONNECT_WAIT``, or until the Client closes), then
+    is counted as failed (the nodes' idle poll finds the task instead).
     """
 
     def __init__(self, hosts: str, cluster: str, *, min_gap: float = MIN_GAP) -> None:
@@ -160,6 +164,7 @@ class ClientWaker:
         )
         self._zk.start_async()  # connects in kazoo's thread, retrying for ever
         self._bumper = Bumper(self._send, min_gap=min_gap, name="client-wake")
+        self._closing = threading.Event()
 
     @property
     def stats(self) -> BumpStats:
@@ -170,17 +175,21 @@ class ClientWaker:
 
     def _send(self) -> None:
         if not self._zk.connected:
-            # Just started, or reconnecting: give it a moment, then let the idle poll do.
+            # Just started, or reconnecting: wait for it (nobody waits on this thread),
+            # unless the Client is closing; after that the idle poll finds the task.
             deadline = time.monotonic() + CONNECT_WAIT
             while not self._zk.connected and time.monotonic() < deadline:
-                time.sleep(0.02)
+                if self._closing.wait(0.02):
+                    break
             if not self._zk.connected:
                 raise CoordinationError("not connected to ZooKeeper")
         wait(self._zk.set_async(self.path, b""), timeout=ZK_TIMEOUT)
 
     def close(self, flush: float = 0.5) -> None:
         """Send what is pending (for up to ``flush`` s: a CLI exits right after), then hang up."""
-        self._bumper.close(flush=flush)
+        self._bumper.flush(flush)
+        self._closing.set()  # a bump still waiting for the connection gives up now
+        self._bumper.close()
         with contextlib.suppress(Exception):
             self._zk.stop()
             self._zk.close()
