@@ -20,6 +20,7 @@ from taskman.cluster.contracts import JsonValue
 from taskman.cluster.releases import Releases
 from taskman.cluster.supervision import Supervisor
 from taskman.errors import CoordinationError
+from taskman.runner import existing_runner_pool
 from taskman.states import Outcome
 
 
@@ -73,6 +74,9 @@ class Guard:
             if silence < cfg.ping_cutoff:
                 for active in list(ctx.active.values()):
                     active.runner.ping()
+                pool = existing_runner_pool()
+                if pool is not None:
+                    pool.ping_idle()
 
     def begin_fenced_episode(self, reason: str) -> None:
         """Record, once per episode, that this node gave up what its session held."""
@@ -81,6 +85,9 @@ class Guard:
                 return
             self.fenced_episode = True
         self.ctx.events.emit("node.self_fenced", reason=reason, runners=len(self.ctx.active))
+        pool = existing_runner_pool()
+        if pool is not None:
+            pool.close()  # idle pooled runners too: a fenced node keeps no runner of its own
 
     def check_session(self) -> None:
         """From the main loop: rejoin after a lost session, or end a restored episode."""

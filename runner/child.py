@@ -401,7 +401,8 @@ def serve_node(
     """The node's pings, aborts and (pooled) next specs in, heartbeats out, and the watchdog.
 
     One thread does it all: a thread less to start in every runner. The watchdog
-    counts only while an attempt runs: an idle pooled runner has nothing to stop.
+    counts between attempts too: the node pings its idle pooled runners, and one
+    whose node went silent (frozen, cut off) must not wait for work for ever.
     """
     interval = min(float(spec["heartbeat_interval"]), watchdog / 4)
     next_beat = time.monotonic() + interval
@@ -434,7 +435,7 @@ def serve_node(
                 turn.specs.put(None)
         if now >= next_beat:
             next_beat = now + interval
-            if turn.fence is not None and now - last_ping > watchdog:
+            if now - last_ping > watchdog:
                 die(f"no word from the node for {watchdog:.1f} s")
             runtime._flush()
             channel.send({"t": "hb"})

@@ -363,8 +363,15 @@ class RunnerPool:
             if stack:
                 stack[:] = [p for p in stack if p is not process]
 
+    def ping_idle(self) -> None:
+        """A word to every idle runner: their watchdog counts between attempts too."""
+        with self.lock:
+            idle = [p for stack in self.idle.values() for p in stack]
+        for process in idle:
+            process.send({"t": "ping"})
+
     def close(self) -> None:
-        """Stop every idle runner (the node is stopping)."""
+        """Stop every idle runner (the node is stopping, or gave up its session)."""
         with self.lock:
             idle = [p for stack in self.idle.values() for p in stack]
             self.idle.clear()

@@ -54,11 +54,10 @@ def spec(
         sys_path=list(found.sys_path),
         env=dict(found.env),
         cwd=str(found.directory),
-        heartbeat_interval=0.5,
-        watchdog_timeout=30.0,
+        heartbeat_interval=0.25,
         fork=fork,
         pooled=True,
-        **extra,
+        **{"watchdog_timeout": 30.0, **extra},
     )
 
 
@@ -270,3 +269,18 @@ def test_an_attempt_killed_before_it_began_is_not_run_elsewhere(pool: RunnerPool
     attempt.kill()  # the node stops it (a fence, an abort) before it began
     exit_message, final, _ = wait_exit(attempt, events)
     assert exit_message["code"] == -9 and final is None
+
+
+def test_an_idle_runner_whose_node_went_silent_ends_itself(pool: RunnerPool) -> None:
+    _, _, first, _ = run(pool, spec("demo.tasks:whoami", watchdog_timeout=1.0))
+    assert first is not None
+    pid = first["value"]["pid"]
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:  # the node's guard pings idle runners like this
+        pool.ping_idle()
+        time.sleep(0.2)
+    assert _alive(pid)  # pinged: it waits for work well past its watchdog
+    deadline = time.monotonic() + 5.0
+    while _alive(pid) and time.monotonic() < deadline:  # nobody pings: a frozen node
+        time.sleep(0.1)
+    assert not _alive(pid)
