@@ -1,7 +1,7 @@
 """Claiming: candidates -> concurrency permits -> tokens -> fenced claim -> launch.
 
-One pass claims up to the free slots. Tokens for the whole batch come in one
-pipelined round trip to ZooKeeper; one transaction moves the batch to running,
+One pass claims up to the free slots. Tokens for the whole batch come from one
+ZooKeeper multi (one write, lease.py); one transaction moves the batch to running,
 each row only if its attempt is still the one we hold a token for.
 """
 
@@ -136,7 +136,7 @@ class Claimer:
     def _take_tokens(self, chosen: list[Prepared]) -> list[tuple[Prepared, int]]:
         ctx = self.ctx
         try:
-            # One pipelined round trip to ZooKeeper for the whole batch.
+            # One ZooKeeper multi (one write) for the whole batch.
             tokens = ctx.coord.lease.acquire_many([(p.task_id, p.attempt) for p in chosen])
         except (CoordinationError, KazooException) as exc:
             ctx.log.warning("claim.failed", error=str(exc))
