@@ -188,10 +188,13 @@ CLAIM = (
     "WHERE id = %s AND state = 'queued' AND attempt = %s AND fence < %s "
     "AND (not_after IS NULL OR not_after > NOW(6))"
 )
-INSERT_ATTEMPT = (
+# The attempts rows of a claim batch, one statement: {rows} is INSERT_ATTEMPTS_ROW once
+# per claim whose UPDATE matched, joined by ", ".
+INSERT_ATTEMPTS = (
     "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) "
-    "VALUES (%s, %s, %s, %s, %s, %s)"
+    "VALUES {rows}"
 )
+INSERT_ATTEMPTS_ROW = "(%s, %s, %s, %s, %s, %s)"
 # The wait runs from when the task was due or, for a reclaimed one (whose run_after
 # is its old place in line), from when its last attempt ended.
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
@@ -204,8 +207,11 @@ CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
 )
 
 # -- node: fenced writes about a running attempt ------------------------------
-HEARTBEAT = (
-    "UPDATE tasks SET heartbeat_at = NOW(6) WHERE id = %s AND fence = %s AND state = 'running'"
+# The heartbeat of every attempt without new progress, one statement, each row fenced
+# on its own token: {ids} is one %s per attempt, {pairs} one (%s, %s) per (id, token).
+HEARTBEATS = (
+    "UPDATE tasks SET heartbeat_at = NOW(6) WHERE id IN ({ids}) "
+    "AND (id, fence) IN ({pairs}) AND state = 'running'"
 )
 RUNNING_STATUS = "SELECT id, fence, state, abort_requested FROM tasks WHERE id IN ({ids})"
 PROGRESS = (

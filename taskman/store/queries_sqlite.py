@@ -168,10 +168,11 @@ CLAIM = (
     "WHERE id = %s AND state = 'queued' AND attempt = %s AND fence < %s "
     "AND (not_after IS NULL OR not_after > tm_now())"
 )
-INSERT_ATTEMPT = (
+INSERT_ATTEMPTS = (
     "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version, started_at) "
-    "VALUES (%s, %s, %s, %s, %s, %s, tm_now())"
+    "VALUES {rows}"
 )
+INSERT_ATTEMPTS_ROW = "(%s, %s, %s, %s, %s, %s, tm_now())"
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
     "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
@@ -182,8 +183,11 @@ CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
 )
 
 # -- node: fenced writes about a running attempt ------------------------------
-HEARTBEAT = (
-    "UPDATE tasks SET heartbeat_at = tm_now() WHERE id = %s AND fence = %s AND state = 'running'"
+# The heartbeat of every attempt without new progress, one statement, each row fenced
+# on its own token: {ids} is one %s per attempt, {pairs} one (%s, %s) per (id, token).
+HEARTBEATS = (
+    "UPDATE tasks SET heartbeat_at = tm_now() WHERE id IN ({ids}) "
+    "AND (id, fence) IN (VALUES {pairs}) AND state = 'running'"
 )
 PROGRESS = (
     "UPDATE tasks SET progress = %s, progress_message = %s, heartbeat_at = tm_now() "
