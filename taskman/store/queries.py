@@ -191,8 +191,7 @@ CLAIM = (
 # The attempts rows of a claim batch, one statement: {rows} is INSERT_ATTEMPTS_ROW once
 # per claim whose UPDATE matched, joined by ", ".
 INSERT_ATTEMPTS = (
-    "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) "
-    "VALUES {rows}"
+    "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) VALUES {rows}"
 )
 INSERT_ATTEMPTS_ROW = "(%s, %s, %s, %s, %s, %s)"
 # The wait runs from when the task was due or, for a reclaimed one (whose run_after
