@@ -40,6 +40,7 @@ from taskman.cluster.zk import ZK_TIMEOUT, wait
 from taskman.errors import CoordinationError
 
 log = structlog.get_logger("taskman.cluster")
+Key = tuple[int, int]  # (task id, attempt)
 # Multis tried per claim batch before the rest goes as pipelined creates: each failed
 # multi (a claim another node holds) costs a write and a round trip.
 MULTI_TRIES = 3
@@ -74,26 +75,38 @@ class ClaimLease:
                     return None
         return None
 
-    def acquire_many(self, attempts: list[tuple[int, int]]) -> list[int | None]:
+    def acquire_many(self, attempts: list[Key]) -> list[int | None]:
         """Claim several attempts in one ZooKeeper transaction: one write, not one each.
 
-        Tokens in the order given; None where another node holds the claim. A
-        multi is applied whole or not at all, so a claim some other node holds
-        fails the lot: that one takes the careful path and the rest go again.
+        Tokens in the order given; None where another node holds the claim.
+        """
+        return self.acquire_and_release(attempts, [])[0]
+
+    def acquire_and_release(
+        self, attempts: list[Key], release: list[Key]
+    ) -> tuple[list[int | None], list[Key]]:
+        """Claim ``attempts`` and drop claims of ours (``release``) in one multi.
+
+        The tokens (as ``acquire_many``), and the releases still to send. A multi
+        is applied whole or not at all: a claim some other node holds fails the
+        lot, so that one takes the careful path and the rest go again (a release
+        whose claim is gone already is simply done). A batch still crowded after
+        MULTI_TRIES multis is claimed with pipelined creates, its releases left over.
         """
         deadline = time.monotonic() + self.timeout  # one for the batch, however many tries
         tokens: dict[int, int | None] = {}
-        todo = list(range(len(attempts)))
+        todo, drops = list(range(len(attempts))), list(release)
         try:
-            for _ in range(MULTI_TRIES):
-                if not todo:
+            for _ in range(MULTI_TRIES if todo else 0):
+                failed = self._multi([attempts[i] for i in todo], drops, deadline)
+                if isinstance(failed, int):  # applied: the token of every claim in it
+                    tokens.update(dict.fromkeys(todo, failed))
+                    todo, drops = [], []
                     break
-                taken = self._create_multi([attempts[i] for i in todo], deadline)
-                if isinstance(taken, int):
-                    tokens.update(dict.fromkeys(todo, taken))
-                    todo = []
+                if failed[0] < len(drops):
+                    drops.pop(failed[0])  # a claim of ours that is gone already
                 else:
-                    held = todo.pop(taken[0])  # a claim that exists already
+                    held = todo.pop(failed[0] - len(drops))  # a claim that exists already
                     tokens[held] = self._existing(*attempts[held], deadline)
             if todo:  # a crowded batch: pipelined creates, each on its own
                 each = self._create_each([attempts[i] for i in todo], deadline)
@@ -104,7 +117,7 @@ class ClaimLease:
             if won:
                 self.release_many_async(won)  # not awaited; guarded by the session marker
             raise
-        return [tokens[i] for i in range(len(attempts))]
+        return [tokens[i] for i in range(len(attempts))], drops
 
     def _existing(self, task_id: int, attempt: int, deadline: float) -> int | None:
         """A claim whose create failed because it exists: a lost race (None), or a
@@ -113,29 +126,33 @@ class ClaimLease:
             return self.acquire(task_id, attempt, deadline)
         return None
 
-    def _create_multi(self, attempts: list[tuple[int, int]], deadline: float) -> int | tuple[int]:
-        """Create the claims in one multi: their token, or (the index of one that exists,).
+    def _multi(self, attempts: list[Key], drops: list[Key], deadline: float) -> int | tuple[int]:
+        """Drop ``drops`` and create the claims of ``attempts`` in one multi: the claims'
+        token, or (the index of the operation that failed, drops first,).
 
         The multi first sets this session's marker: a ZooKeeper transaction is one
         write with one zxid, so the marker's new mzxid is every claim's czxid (kazoo
         returns no Stat for a create inside a multi, but does for a set). And a
-        session that has ended has no marker: nothing is created under its name.
+        session that has ended has no marker: nothing is created or dropped in its name.
         """
         transaction = self.client.transaction()
         transaction.set_data(self.marker, b"")
+        for task_id, attempt in drops:
+            transaction.delete(self.paths.claim(task_id, attempt))
         for task_id, attempt in attempts:
             transaction.create(
                 self.paths.claim(task_id, attempt), self.node_id.encode(), ephemeral=True
             )
-        marker, *created = wait(transaction.commit_async(), _left(deadline))
+        marker, *results = wait(transaction.commit_async(), _left(deadline))
         if isinstance(marker, ZnodeStat):
             return int(marker.mzxid) + self.token_base
         if not isinstance(marker, RolledBackError):
             raise CoordinationError(f"the session marker {self.marker} is gone: {marker!r}")
-        for index, result in enumerate(created):
-            if isinstance(result, NodeExistsError):
+        for index, result in enumerate(results):
+            expected = NoNodeError if index < len(drops) else NodeExistsError
+            if isinstance(result, expected):
                 return (index,)
-        raise CoordinationError(f"ZooKeeper refused a claim: {created!r}")
+        raise CoordinationError(f"ZooKeeper refused a claim or release: {results!r}")
 
     def acquire_pipelined(self, attempts: list[tuple[int, int]]) -> list[int | None]:
         """Claim with pipelined creates: one round trip, but one write per claim."""

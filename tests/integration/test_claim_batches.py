@@ -166,3 +166,32 @@ def test_tokens_of_one_multi_are_above_every_fence_the_database_holds(
         )
     finally:
         store.close()
+
+
+def test_releases_ride_in_the_claim_multi_and_a_gone_claim_counts_as_released(
+    leases: list[ClaimLease], clients: list[KazooClient]
+) -> None:
+    a, b = leases
+    old = _won(a.acquire_many([(1, 1), (2, 1), (3, 1)]))
+    wait(clients[0].delete_async(a.paths.claim(2, 1)))  # as the leader's revoke
+    version = wait(clients[0].exists_async(a.marker)).version
+    held = b.acquire(5, 1)  # and one claim of the new batch is another node's
+    tokens, unreleased = a.acquire_and_release([(4, 1), (5, 1)], [(1, 1), (2, 1), (3, 1)])
+    assert unreleased == []
+    assert tokens[1] is None and tokens[0] is not None and tokens[0] > old[0]
+    assert [a.token_of(t, 1) for t in (1, 2, 3)] == [None, None, None]
+    assert b.token_of(5, 1) == held
+    # Three multis: refused for 2.1 (gone), refused for 5.1 (b's), then applied.
+    assert wait(clients[0].exists_async(a.marker)).version == version + 1
+
+
+def test_a_batch_that_stays_crowded_leaves_its_releases_to_be_sent_again(
+    leases: list[ClaimLease],
+) -> None:
+    a, b = leases
+    _won(a.acquire_many([(1, 1)]))
+    taken = list(range(10, 10 + lease_module.MULTI_TRIES))
+    assert all(b.acquire(t, 1) is not None for t in taken)
+    tokens, unreleased = a.acquire_and_release([(t, 1) for t in [*taken, 99]], [(1, 1)])
+    assert tokens == [None] * len(taken) + [tokens[-1]] and tokens[-1] is not None
+    assert unreleased == [(1, 1)] and a.token_of(1, 1) is not None
