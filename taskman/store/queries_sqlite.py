@@ -210,11 +210,17 @@ FINISH_FAILED = (
     "error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )
-END_ATTEMPT = (
-    "UPDATE attempts SET ended_at = tm_now(), outcome = %s, error_type = %s, "
-    "error_message = %s, traceback = %s, output_tail = %s "
-    "WHERE task_id = %s AND attempt = %s AND fence = %s AND outcome = 'running'"
+# The attempts rows of a batch of endings (those whose task UPDATE matched), one
+# statement, each row fenced on its own token: {when} is END_ATTEMPTS_WHEN once per
+# ending (one CASE per column), {rows} END_ATTEMPTS_ROW once per ending, joined by " OR ".
+END_ATTEMPTS = (
+    "UPDATE attempts SET ended_at = tm_now(), outcome = CASE {when} END, "
+    "error_type = CASE {when} END, error_message = CASE {when} END, "
+    "traceback = CASE {when} END, output_tail = CASE {when} END "
+    "WHERE outcome = 'running' AND ({rows})"
 )
+END_ATTEMPTS_WHEN = "WHEN task_id = %s AND attempt = %s THEN %s"
+END_ATTEMPTS_ROW = "(task_id = %s AND attempt = %s AND fence = %s)"
 
 # -- leader -----------------------------------------------------------------
 # SQLite evaluates every SET expression on the old row (MySQL goes left to right);

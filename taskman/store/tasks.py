@@ -361,7 +361,9 @@ class TaskStore(LeaderQueries):
         records = [storable(record) for record in records]
 
         def fn(cur: Cursor) -> list[bool]:
-            return [self._finish_one(cur, record) for record in records]
+            applied = [self._finish_one(cur, record) for record in records]
+            self._end_attempts(cur, [r for r, ok in zip(records, applied, strict=True) if ok])
+            return applied
 
         def reread(cur: Cursor) -> list[bool] | None:
             # After an ambiguous COMMIT: the batch applied (all or nothing) iff some
@@ -414,20 +416,23 @@ class TaskStore(LeaderQueries):
                     r.fence,
                 ),
             )
-        if not changed:
-            return False
-        tail = None if r.output_tail is None else r.output_tail[-MAX_TAIL:]
-        cur.execute(
-            self.q.END_ATTEMPT,
-            (
-                e.outcome.value,
-                e.error_type,
-                e.error_message,
-                e.traceback,
-                tail,
-                r.task_id,
-                r.attempt,
-                r.fence,
-            ),
+        return bool(changed)
+
+    def _end_attempts(self, cur: Cursor, records: list[Finish]) -> None:
+        """End the attempts rows of the endings whose task row took them, in one statement."""
+        if not records:
+            return
+        columns: list[list[Any]] = [[] for _ in range(5)]
+        fenced: list[Any] = []
+        for r in records:
+            e = r.ending
+            tail = None if r.output_tail is None else r.output_tail[-MAX_TAIL:]
+            values = (e.outcome.value, e.error_type, e.error_message, e.traceback, tail)
+            for column, value in zip(columns, values, strict=True):
+                column += [r.task_id, r.attempt, value]
+            fenced += [r.task_id, r.attempt, r.fence]
+        sql = self.q.END_ATTEMPTS.format(
+            when=" ".join([self.q.END_ATTEMPTS_WHEN] * len(records)),
+            rows=" OR ".join([self.q.END_ATTEMPTS_ROW] * len(records)),
         )
-        return True
+        cur.execute(sql, [v for column in columns for v in column] + fenced)

@@ -674,3 +674,33 @@ def test_a_heartbeat_batch_refreshes_each_attempt_only_under_its_own_token(
     progressed, _ = _rows(dsn, ids[2])
     assert (progressed["progress"], progressed["progress_message"]) == (0.5, "half")
     assert progressed["heartbeat_at"] > before[ids[2]][0]["heartbeat_at"]
+
+
+def test_a_finish_batch_ends_each_attempt_row_with_its_own_texts(
+    dsn: str, store: TaskStore
+) -> None:
+    # The attempts rows of a batch are ended in one statement: each must get its own.
+    with Client(dsn) as client:
+        ids = [client.submit(FN, plugin="demo", args=[i, i], max_attempts=1) for i in range(3)]
+    store.claim_many([ClaimRequest(t, 0, 100, "1.0") for t in ids], "n-a", DC)
+    endings = [
+        Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="0"),
+        Ending(Outcome.ERROR, TaskState.FAILED, "KeyError", "no key", "Traceback: k"),
+        Ending(Outcome.TIMEOUT, TaskState.FAILED, "TimeoutError", "too slow"),
+    ]
+    records = [
+        Finish(t, 1, 100, e, output_tail=f"tail {i}")
+        for i, (t, e) in enumerate(zip(ids, endings, strict=True))
+    ]
+    stale = Finish(ids[0], 1, 99, endings[1], output_tail="stale")  # an older token
+    assert store.finish_many([stale, *records]) == [False, True, True, True]
+    got = [_rows(dsn, t)[1][0] for t in ids]
+    assert [
+        (a["outcome"], a["error_type"], a["error_message"], a["traceback"], a["output_tail"])
+        for a in got
+    ] == [
+        ("succeeded", None, None, None, "tail 0"),
+        ("error", "KeyError", "no key", "Traceback: k", "tail 1"),
+        ("timeout", "TimeoutError", "too slow", None, "tail 2"),
+    ]
+    assert all(a["ended_at"] is not None and a["fence"] == 100 for a in got)
