@@ -55,7 +55,7 @@ class ClaimLease:
         self.node_id = node_id
         self.marker = f"{paths.sessions}/none"  # until open_session(): no release applies
         self.token_base = 0  # added to every czxid: see ClusterPaths.token_base
-        self.timeout = timeout  # claim-path calls: one claim, or one pipelined batch as a whole
+        self.timeout = timeout  # claim-path calls: one claim, or one batch as a whole
 
     def acquire(self, task_id: int, attempt: int, deadline: float | None = None) -> int | None:
         """Claim one attempt; its fencing token, or None if another node holds it."""
