@@ -269,6 +269,9 @@ def ratios(figures: dict[str, Any], modes: list[str], big: int) -> dict[str, flo
     sb = get("claims[10000 queued]", "claim_batched_8", "median_ms")
     if small and sb:
         out["claim cost one-at-a-time/batched (10000 queued)"] = round(small / sb, 2)
+    piped = get("claims[10000 queued]", "claim_pipelined_8", "median_ms")
+    if piped and sb:
+        out["claim cost pipelined/multi batch of 8 (10000 queued)"] = round(piped / sb, 2)
     out.update(galera.ratios(figures))
     return out
 

@@ -20,6 +20,7 @@ from bench.common import (
     summary_ms,
     wait_all_finished,
 )
+from bench.counters import ServerCounters
 from taskman import Client, TaskState
 from taskman.plugins import EXAMPLES_DIR
 from taskman.store import Database
@@ -114,6 +115,8 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
     meter = CpuMeter()
     meter.add("mariadb", [pid for pid in [lab.mariadb.pid] if pid])
     meter.add("zookeeper", [pid for pid in lab.zookeeper.pids if pid])
+    counters = ServerCounters(lab)
+    counters.start()
     started = [n.start(wait=None) for n in _nodes(lab, dsn, mode, nodes, slots=slots)]
     meter.add("node (+cold runners)", [n.pid for n in started])
     try:
@@ -127,6 +130,7 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
         live = [p for n in started for p in descendants(n.pid) if p not in zygotes]
         meter.add("live runners (pooled)", live, from_zero=True)
         cpu = meter.stop()
+        asked = counters.per_task(tasks)
         db = Database(dsn)
         try:
             row = db.query(
@@ -155,6 +159,8 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
             "total": round(sum(cpu.values()) * 1000 / tasks, 2),
         },
         "cpu_busy": round(sum(cpu.values()) / (wall * (os.cpu_count() or 1)), 2),
+        # What the node asked of the servers per task (bench/counters.py), node start-up included.
+        **asked,
     }
 
 

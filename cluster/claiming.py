@@ -1,7 +1,7 @@
 """Claiming: candidates -> concurrency permits -> tokens -> fenced claim -> launch.
 
-One pass claims up to the free slots. Tokens for the whole batch come in one
-pipelined round trip to ZooKeeper; one transaction moves the batch to running,
+One pass claims up to the free slots. Tokens for the whole batch come from one
+ZooKeeper multi (one write, lease.py); one transaction moves the batch to running,
 each row only if its attempt is still the one we hold a token for.
 """
 
@@ -135,13 +135,19 @@ class Claimer:
 
     def _take_tokens(self, chosen: list[Prepared]) -> list[tuple[Prepared, int]]:
         ctx = self.ctx
+        # One ZooKeeper multi (one write) for the whole batch, and the claims whose
+        # outcomes are recorded go in it too.
+        release = self.releases.take()
         try:
-            # One pipelined round trip to ZooKeeper for the whole batch.
-            tokens = ctx.coord.lease.acquire_many([(p.task_id, p.attempt) for p in chosen])
+            tokens, unreleased = ctx.coord.lease.acquire_and_release(
+                [(p.task_id, p.attempt) for p in chosen], release
+            )
         except (CoordinationError, KazooException) as exc:
             ctx.log.warning("claim.failed", error=str(exc))
+            self.releases.give_back(release)
             self._return_permits(chosen)
             return []
+        self.releases.give_back(unreleased)
         won: list[tuple[Prepared, int]] = []
         for prepared, token in zip(chosen, tokens, strict=True):
             if token is None:

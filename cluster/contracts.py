@@ -67,6 +67,13 @@ class Claims(Protocol):
         """A token for each attempt won, None for each some other node holds."""
         ...
 
+    def acquire_and_release(
+        self, attempts: list[tuple[int, int]], release: list[tuple[int, int]]
+    ) -> tuple[list[int | None], list[tuple[int, int]]]:
+        """``acquire_many``, dropping claims of this session in the same write; the
+        releases not done yet come back, to be sent again."""
+        ...
+
     def release_many_async(self, attempts: list[tuple[int, int]]) -> Pending:
         """Drop claims of this session (the first result checks the session marker)."""
         ...

@@ -209,6 +209,13 @@ class _LocalLease:
     def acquire_many(self, attempts: list[tuple[int, int]]) -> list[int | None]:
         return [self.acquire(task_id, attempt) for task_id, attempt in attempts]
 
+    def acquire_and_release(
+        self, attempts: list[tuple[int, int]], release: list[tuple[int, int]]
+    ) -> tuple[list[int | None], list[tuple[int, int]]]:
+        for task_id, attempt in release:
+            self.release(task_id, attempt)
+        return self.acquire_many(attempts), []
+
     def release(self, task_id: int, attempt: int) -> None:
         with self._lock:
             self._claims.discard(claim_name(task_id, attempt))

@@ -6,6 +6,13 @@ the fencing token: zxids are totally ordered across the ensemble and only grow,
 across leader elections too (the epoch is the high 32 bits), so every later
 claim of a task has a larger token than every earlier one.
 
+A batch of claims is one ZooKeeper transaction (a multi): one write, so one
+zxid for the lot, and every claim of the batch gets that token. That keeps
+tokens strictly growing per task (each claim of a task is still created after
+the one before it) and lets different tasks share a token, which nothing
+compares. The multi also sets this session's marker (below), whose Stat
+carries the zxid; kazoo returns none for a create inside a multi.
+
 The claim lives as long as the owner's session: if the owner dies, ZooKeeper
 deletes it, and the leader's reaper sees a running task without a claim.
 
@@ -25,12 +32,18 @@ from typing import Any
 
 import structlog
 from kazoo.client import KazooClient
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import NodeExistsError, NoNodeError, RolledBackError
+from kazoo.protocol.states import ZnodeStat
 
 from taskman.cluster.layout import ClusterPaths
 from taskman.cluster.zk import ZK_TIMEOUT, wait
+from taskman.errors import CoordinationError
 
 log = structlog.get_logger("taskman.cluster")
+Key = tuple[int, int]  # (task id, attempt)
+# Multis tried per claim batch before the rest goes as pipelined creates: each failed
+# multi (a claim another node holds) costs a write and a round trip.
+MULTI_TRIES = 3
 
 
 class ClaimLease:
@@ -42,7 +55,7 @@ class ClaimLease:
         self.node_id = node_id
         self.marker = f"{paths.sessions}/none"  # until open_session(): no release applies
         self.token_base = 0  # added to every czxid: see ClusterPaths.token_base
-        self.timeout = timeout  # claim-path calls: one claim, or one pipelined batch as a whole
+        self.timeout = timeout  # claim-path calls: one claim, or one batch as a whole
 
     def acquire(self, task_id: int, attempt: int, deadline: float | None = None) -> int | None:
         """Claim one attempt; its fencing token, or None if another node holds it."""
@@ -62,11 +75,91 @@ class ClaimLease:
                     return None
         return None
 
-    def acquire_many(self, attempts: list[tuple[int, int]]) -> list[int | None]:
-        """Claim several attempts with pipelined creates: one round trip, not one each.
+    def acquire_many(self, attempts: list[Key]) -> list[int | None]:
+        """Claim several attempts in one ZooKeeper transaction: one write, not one each.
 
         Tokens in the order given; None where another node holds the claim.
         """
+        return self.acquire_and_release(attempts, [])[0]
+
+    def acquire_and_release(
+        self, attempts: list[Key], release: list[Key]
+    ) -> tuple[list[int | None], list[Key]]:
+        """Claim ``attempts`` and drop claims of ours (``release``) in one multi.
+
+        The tokens (as ``acquire_many``), and the releases still to send. A multi
+        is applied whole or not at all: a claim some other node holds fails the
+        lot, so that one takes the careful path and the rest go again (a release
+        whose claim is gone already is simply done). A batch still crowded after
+        MULTI_TRIES multis is claimed with pipelined creates, its releases left over.
+        """
+        deadline = time.monotonic() + self.timeout  # one for the batch, however many tries
+        tokens: dict[int, int | None] = {}
+        todo, drops = list(range(len(attempts))), list(release)
+        try:
+            for _ in range(MULTI_TRIES if todo else 0):
+                failed = self._multi([attempts[i] for i in todo], drops, deadline)
+                if isinstance(failed, int):  # applied: the token of every claim in it
+                    tokens.update(dict.fromkeys(todo, failed))
+                    todo, drops = [], []
+                    break
+                if failed[0] < len(drops):
+                    drops.pop(failed[0])  # a claim of ours that is gone already
+                else:
+                    held = todo.pop(failed[0] - len(drops))  # a claim that exists already
+                    tokens[held] = self._existing(*attempts[held], deadline)
+            if todo:  # a crowded batch: pipelined creates, each on its own
+                each = self._create_each([attempts[i] for i in todo], deadline)
+                tokens.update(zip(todo, each, strict=True))
+        except Exception:
+            # No row backs the claims won so far: drop them so other nodes are not blocked.
+            won = [attempts[i] for i, token in tokens.items() if token is not None]
+            if won:
+                self.release_many_async(won)  # not awaited; guarded by the session marker
+            raise
+        return [tokens[i] for i in range(len(attempts))], drops
+
+    def _existing(self, task_id: int, attempt: int, deadline: float) -> int | None:
+        """A claim whose create failed because it exists: a lost race (None), or a
+        leftover of ours from a create that timed out, dropped and created again."""
+        if self._drop_own_leftover(self.paths.claim(task_id, attempt), deadline):
+            return self.acquire(task_id, attempt, deadline)
+        return None
+
+    def _multi(self, attempts: list[Key], drops: list[Key], deadline: float) -> int | tuple[int]:
+        """Drop ``drops`` and create the claims of ``attempts`` in one multi: the claims'
+        token, or (the index of the operation that failed, drops first,).
+
+        The multi first sets this session's marker: a ZooKeeper transaction is one
+        write with one zxid, so the marker's new mzxid is every claim's czxid (kazoo
+        returns no Stat for a create inside a multi, but does for a set). And a
+        session that has ended has no marker: nothing is created or dropped in its name.
+        """
+        transaction = self.client.transaction()
+        transaction.set_data(self.marker, b"")
+        for task_id, attempt in drops:
+            transaction.delete(self.paths.claim(task_id, attempt))
+        for task_id, attempt in attempts:
+            transaction.create(
+                self.paths.claim(task_id, attempt), self.node_id.encode(), ephemeral=True
+            )
+        marker, *results = wait(transaction.commit_async(), _left(deadline))
+        if isinstance(marker, ZnodeStat):
+            return int(marker.mzxid) + self.token_base
+        if not isinstance(marker, RolledBackError):
+            raise CoordinationError(f"the session marker {self.marker} is gone: {marker!r}")
+        for index, result in enumerate(results):
+            expected = NoNodeError if index < len(drops) else NodeExistsError
+            if isinstance(result, expected):
+                return (index,)
+        raise CoordinationError(f"ZooKeeper refused a claim or release: {results!r}")
+
+    def acquire_pipelined(self, attempts: list[tuple[int, int]]) -> list[int | None]:
+        """Claim with pipelined creates: one round trip, but one write per claim."""
+        return self._create_each(attempts, time.monotonic() + self.timeout)
+
+    def _create_each(self, attempts: list[tuple[int, int]], deadline: float) -> list[int | None]:
+        """Claim with pipelined creates, one write each (after multis that kept colliding)."""
         pending = [
             self.client.create_async(
                 self.paths.claim(task_id, attempt),
@@ -78,25 +171,22 @@ class ClaimLease:
         ]
         tokens: list[int | None] = []
         failure: Exception | None = None
-        # One deadline for the batch: a silent server must not cost one timeout per claim.
-        deadline = time.monotonic() + self.timeout
         for (task_id, attempt), result in zip(attempts, pending, strict=True):
             try:
                 try:
                     _, stat = wait(result, _left(deadline))
                     token: int | None = int(stat.czxid) + self.token_base
                 except NodeExistsError:
-                    # Rare (a lost race, or our own create that timed out): the careful path.
+                    # A lost race, or our own create that timed out: the careful path.
                     token = None if failure else self.acquire(task_id, attempt, deadline)
                 tokens.append(token)
             except Exception as exc:  # noqa: BLE001 - collected, then re-raised below
                 failure = failure or exc
                 tokens.append(None)
         if failure is not None:
-            # No row backs these claims: drop them so other nodes are not blocked.
-            for (task_id, attempt), token in zip(attempts, tokens, strict=True):
-                if token is not None:
-                    self.client.delete_async(self.paths.claim(task_id, attempt))  # not awaited
+            won = [a for a, token in zip(attempts, tokens, strict=True) if token is not None]
+            if won:
+                self.release_many_async(won)  # not awaited; guarded by the session marker
             raise failure
         return tokens
 

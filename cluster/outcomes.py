@@ -183,8 +183,8 @@ class Outcomes:
         now = self.ctx.clock()
         for item, ok in zip(batch, applied, strict=True):
             self._recorded(item, ok, now)
+            # Queued: the next claim batch's multi drops them, or the loop's flush.
             self.releases.release(item.claim.task_id, item.claim.attempt)
-        self.releases.flush()
 
     def retry_unrecorded(self) -> None:
         if self.unrecorded:

@@ -1,9 +1,11 @@
 """Releases: claims and permits dropped after their outcome is recorded, in batches.
 
 A release is a ZooKeeper multi that first checks this session's marker, so one
-sent late, by a session that has since ended, deletes nothing (lease.py). They
-are sent without waiting; ``check`` reads the answers on the next heartbeat and
-queues again what failed.
+sent late, by a session that has since ended, deletes nothing (lease.py). When
+the loop claims, the queued releases ride in the claim batch's multi (one write
+for both); what is left is sent after the claim step, or with the next
+heartbeat, without waiting: ``check`` reads the answers then and queues again
+what failed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ class Releases:
         """Queue a claim to drop after its outcome is recorded; ``flush`` sends them."""
         self.release_permit(task_id, attempt)
         self.leftover.append((task_id, attempt))
+
+    def take(self) -> list[Key]:
+        """The queued claims, for the caller to drop in its own multi (the next claim
+        batch's); nothing while ZooKeeper is unreachable. ``give_back`` what it did not."""
+        if not self.leftover or not self.ctx.session_healthy():
+            return []
+        taken, self.leftover = self.leftover, []
+        return taken
+
+    def give_back(self, keys: list[Key]) -> None:
+        self.leftover.extend(keys)
 
     def forget_claims(self) -> None:
         """After a lost session: its claims are gone with it, and sent from the new

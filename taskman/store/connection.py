@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from types import ModuleType
@@ -55,6 +57,9 @@ TRANSIENT_CODES = frozenset(
         4031,  # disconnected by the server because of inactivity
     }
 )
+# Retry waits: jittered, up to FIRST_WAIT s before the second try, doubling to MAX_WAIT.
+FIRST_WAIT = 0.05
+MAX_WAIT = 2.0
 AMBIGUOUS_CODES = frozenset({1180})  # error during COMMIT: outcome unknown
 NO_SUCH_TABLE = 1146  # the schema is older than the code: `taskman db migrate`
 DUPLICATE_KEY = 1062
@@ -183,20 +188,43 @@ def tls_options(dsn: MySQLDSN) -> dict[str, Any]:
     }
 
 
-def retry_policy(deadline: float) -> Retrying:
-    """The one retry policy of both backends: transient errors only, jittered, until a deadline."""
+def retry_policy(deadline: float, *, tried: int = 0) -> Retrying:
+    """The one retry policy of both backends: transient errors only, jittered, until a deadline.
+
+    ``tried``: attempts already made before the policy took over (``run_retrying``);
+    the waits and the logged attempt numbers go on from there.
+    """
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.info("db.retry", attempt=state.attempt_number, error=str(exc))
+        log.info("db.retry", attempt=state.attempt_number + tried, error=str(exc))
 
     return Retrying(
         retry=retry_if_exception(_is_retryable),
-        wait=wait_random_exponential(multiplier=0.05, max=2.0),
+        wait=wait_random_exponential(multiplier=FIRST_WAIT * 2**tried, max=MAX_WAIT),
         stop=stop_after_delay(deadline),
         before_sleep=before_sleep,
         reraise=True,
     )
+
+
+def run_retrying(attempt: Callable[[], T], deadline: float) -> T:
+    """``attempt()``, retried as ``retry_policy`` says until ``deadline`` seconds have passed.
+
+    The first try runs outside the policy: setting up and entering a tenacity
+    policy costs more Python than a node's short transaction does, on every call,
+    and the first try almost always succeeds. A failed one waits and is logged as
+    the policy would, which then takes over with what is left of the deadline.
+    """
+    started = time.monotonic()
+    try:
+        return attempt()
+    except Exception as exc:
+        if not _is_retryable(exc) or time.monotonic() - started >= deadline:
+            raise
+        log.info("db.retry", attempt=1, error=str(exc))
+    time.sleep(random.uniform(0, FIRST_WAIT))
+    return retry_policy(deadline - (time.monotonic() - started), tried=1)(attempt)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -354,7 +382,7 @@ class Database:
                 ambiguous = True
                 raise
 
-        return retry_policy(self.retry_deadline if deadline is None else deadline)(attempt)
+        return run_retrying(attempt, self.retry_deadline if deadline is None else deadline)
 
     def query(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
         def fn(cur: MySQLCursor) -> list[dict[str, Any]]:

@@ -188,10 +188,12 @@ CLAIM = (
     "WHERE id = %s AND state = 'queued' AND attempt = %s AND fence < %s "
     "AND (not_after IS NULL OR not_after > NOW(6))"
 )
-INSERT_ATTEMPT = (
-    "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) "
-    "VALUES (%s, %s, %s, %s, %s, %s)"
+# The attempts rows of a claim batch, one statement: {rows} is INSERT_ATTEMPTS_ROW once
+# per claim whose UPDATE matched, joined by ", ".
+INSERT_ATTEMPTS = (
+    "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) VALUES {rows}"
 )
+INSERT_ATTEMPTS_ROW = "(%s, %s, %s, %s, %s, %s)"
 # The wait runs from when the task was due or, for a reclaimed one (whose run_after
 # is its old place in line), from when its last attempt ended.
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
@@ -204,8 +206,11 @@ CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
 )
 
 # -- node: fenced writes about a running attempt ------------------------------
-HEARTBEAT = (
-    "UPDATE tasks SET heartbeat_at = NOW(6) WHERE id = %s AND fence = %s AND state = 'running'"
+# The heartbeat of every attempt without new progress, one statement, each row fenced
+# on its own token: {ids} is one %s per attempt, {pairs} one (%s, %s) per (id, token).
+HEARTBEATS = (
+    "UPDATE tasks SET heartbeat_at = NOW(6) WHERE id IN ({ids}) "
+    "AND (id, fence) IN ({pairs}) AND state = 'running'"
 )
 RUNNING_STATUS = "SELECT id, fence, state, abort_requested FROM tasks WHERE id IN ({ids})"
 PROGRESS = (
@@ -232,11 +237,17 @@ FINISH_FAILED = (
     "error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )
-END_ATTEMPT = (
-    "UPDATE attempts SET ended_at = NOW(6), outcome = %s, error_type = %s, error_message = %s, "
-    "traceback = %s, output_tail = %s "
-    "WHERE task_id = %s AND attempt = %s AND fence = %s AND outcome = 'running'"
+# The attempts rows of a batch of endings (those whose task UPDATE matched), one
+# statement, each row fenced on its own token: {when} is END_ATTEMPTS_WHEN once per
+# ending (one CASE per column), {rows} END_ATTEMPTS_ROW once per ending, joined by " OR ".
+END_ATTEMPTS = (
+    "UPDATE attempts SET ended_at = NOW(6), outcome = CASE {when} END, "
+    "error_type = CASE {when} END, error_message = CASE {when} END, "
+    "traceback = CASE {when} END, output_tail = CASE {when} END "
+    "WHERE outcome = 'running' AND ({rows})"
 )
+END_ATTEMPTS_WHEN = "WHEN task_id = %s AND attempt = %s THEN %s"
+END_ATTEMPTS_ROW = "(task_id = %s AND attempt = %s AND fence = %s)"
 
 # After an ambiguous COMMIT of a batch of endings: which attempts ended, and how.
 ENDED_ATTEMPTS = "SELECT task_id, attempt, fence, outcome FROM attempts WHERE task_id IN ({ids})"

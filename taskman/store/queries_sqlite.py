@@ -168,10 +168,11 @@ CLAIM = (
     "WHERE id = %s AND state = 'queued' AND attempt = %s AND fence < %s "
     "AND (not_after IS NULL OR not_after > tm_now())"
 )
-INSERT_ATTEMPT = (
+INSERT_ATTEMPTS = (
     "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version, started_at) "
-    "VALUES (%s, %s, %s, %s, %s, %s, tm_now())"
+    "VALUES {rows}"
 )
+INSERT_ATTEMPTS_ROW = "(%s, %s, %s, %s, %s, %s, tm_now())"
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
     "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "
@@ -182,8 +183,11 @@ CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
 )
 
 # -- node: fenced writes about a running attempt ------------------------------
-HEARTBEAT = (
-    "UPDATE tasks SET heartbeat_at = tm_now() WHERE id = %s AND fence = %s AND state = 'running'"
+# The heartbeat of every attempt without new progress, one statement, each row fenced
+# on its own token: {ids} is one %s per attempt, {pairs} one (%s, %s) per (id, token).
+HEARTBEATS = (
+    "UPDATE tasks SET heartbeat_at = tm_now() WHERE id IN ({ids}) "
+    "AND (id, fence) IN (VALUES {pairs}) AND state = 'running'"
 )
 PROGRESS = (
     "UPDATE tasks SET progress = %s, progress_message = %s, heartbeat_at = tm_now() "
@@ -206,11 +210,17 @@ FINISH_FAILED = (
     "error_type = %s, error_message = %s "
     "WHERE id = %s AND fence = %s AND state = 'running'"
 )
-END_ATTEMPT = (
-    "UPDATE attempts SET ended_at = tm_now(), outcome = %s, error_type = %s, "
-    "error_message = %s, traceback = %s, output_tail = %s "
-    "WHERE task_id = %s AND attempt = %s AND fence = %s AND outcome = 'running'"
+# The attempts rows of a batch of endings (those whose task UPDATE matched), one
+# statement, each row fenced on its own token: {when} is END_ATTEMPTS_WHEN once per
+# ending (one CASE per column), {rows} END_ATTEMPTS_ROW once per ending, joined by " OR ".
+END_ATTEMPTS = (
+    "UPDATE attempts SET ended_at = tm_now(), outcome = CASE {when} END, "
+    "error_type = CASE {when} END, error_message = CASE {when} END, "
+    "traceback = CASE {when} END, output_tail = CASE {when} END "
+    "WHERE outcome = 'running' AND ({rows})"
 )
+END_ATTEMPTS_WHEN = "WHEN task_id = %s AND attempt = %s THEN %s"
+END_ATTEMPTS_ROW = "(task_id = %s AND attempt = %s AND fence = %s)"
 
 # -- leader -----------------------------------------------------------------
 # SQLite evaluates every SET expression on the old row (MySQL goes left to right);

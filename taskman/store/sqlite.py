@@ -41,7 +41,7 @@ from taskman.errors import (
     TransientStoreError,
 )
 from taskman.store import queries_sqlite
-from taskman.store.connection import retry_policy
+from taskman.store.connection import run_retrying
 
 log = structlog.get_logger("taskman.store")
 T = TypeVar("T")
@@ -285,8 +285,10 @@ class SQLiteDatabase:
         """Run ``fn`` in a transaction, retrying SQLITE_BUSY with jitter until a deadline."""
         del on_ambiguous  # a local commit either happened or raised: never ambiguous
 
-        policy = retry_policy(self.retry_deadline if deadline is None else deadline)
-        return policy(lambda: self.run_once(fn, write=write))
+        return run_retrying(
+            lambda: self.run_once(fn, write=write),
+            self.retry_deadline if deadline is None else deadline,
+        )
 
     def query(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
         def fn(cur: SQLiteCursor) -> list[dict[str, Any]]:

@@ -254,26 +254,31 @@ class TaskStore(LeaderQueries):
             return [claim_from(rows.get(r.task_id), r.fence) for r in requests]
 
         def fn(cur: Cursor) -> list[Claim | None]:
-            won = []
-            for r in requests:
-                matched = cur.execute(
-                    self.q.CLAIM, (r.fence, node, datacenter, r.task_id, r.seen_attempt, r.fence)
-                )
-                if matched:
+            won = [
+                bool(
                     cur.execute(
-                        self.q.INSERT_ATTEMPT,
-                        (
-                            r.task_id,
-                            r.seen_attempt + 1,
-                            r.fence,
-                            node,
-                            datacenter,
-                            r.plugin_version,
-                        ),
+                        self.q.CLAIM,
+                        (r.fence, node, datacenter, r.task_id, r.seen_attempt, r.fence),
                     )
-                won.append(bool(matched))
+                )
+                for r in requests
+            ]
             if not any(won):
                 return [None] * len(requests)
+            # The attempts rows of the claims that matched, in one statement.
+            moved = [r for r, ok in zip(requests, won, strict=True) if ok]
+            rows = ", ".join([self.q.INSERT_ATTEMPTS_ROW] * len(moved))
+            params = []
+            for r in moved:
+                params += [
+                    r.task_id,
+                    r.seen_attempt + 1,
+                    r.fence,
+                    node,
+                    datacenter,
+                    r.plugin_version,
+                ]
+            cur.execute(self.q.INSERT_ATTEMPTS.format(rows=rows), params)
             # Only rows this transaction moved are ours (a row may carry an equal token).
             return [c if ok else None for c, ok in zip(read(cur), won, strict=True)]
 
@@ -294,20 +299,26 @@ class TaskStore(LeaderQueries):
         """Refresh heartbeats of (task id, fence) pairs; return the database's view of each.
 
         ``progress`` (task id to fraction and message) is written in the same
-        transaction, fenced the same way: one COMMIT per beat for every attempt.
+        transaction, fenced the same way: one COMMIT per beat for every attempt,
+        and one statement for all the beats that carry no progress.
         """
         if not owned:
             return []
         progress = progress or {}
 
         def fn(cur: Cursor) -> list[RunningView]:
+            beats = [(task_id, fence) for task_id, fence in owned if task_id not in progress]
             for task_id, fence in owned:
                 if task_id in progress:
                     fraction, message = progress[task_id]
                     message = clean_text(message, 1000)
                     cur.execute(self.q.PROGRESS, (fraction, message, task_id, fence))
-                else:
-                    cur.execute(self.q.HEARTBEAT, (task_id, fence))
+            if beats:
+                # One statement for every beat without progress, each row on its own token.
+                sql = self.q.HEARTBEATS.format(
+                    ids=", ".join(["%s"] * len(beats)), pairs=", ".join(["(%s, %s)"] * len(beats))
+                )
+                cur.execute(sql, [t for t, _ in beats] + [v for beat in beats for v in beat])
             ids = [task_id for task_id, _ in owned]
             cur.execute(self.q.RUNNING_STATUS.format(ids=", ".join(["%s"] * len(ids))), ids)
             return [
@@ -350,7 +361,9 @@ class TaskStore(LeaderQueries):
         records = [storable(record) for record in records]
 
         def fn(cur: Cursor) -> list[bool]:
-            return [self._finish_one(cur, record) for record in records]
+            applied = [self._finish_one(cur, record) for record in records]
+            self._end_attempts(cur, [r for r, ok in zip(records, applied, strict=True) if ok])
+            return applied
 
         def reread(cur: Cursor) -> list[bool] | None:
             # After an ambiguous COMMIT: the batch applied (all or nothing) iff some
@@ -403,20 +416,23 @@ class TaskStore(LeaderQueries):
                     r.fence,
                 ),
             )
-        if not changed:
-            return False
-        tail = None if r.output_tail is None else r.output_tail[-MAX_TAIL:]
-        cur.execute(
-            self.q.END_ATTEMPT,
-            (
-                e.outcome.value,
-                e.error_type,
-                e.error_message,
-                e.traceback,
-                tail,
-                r.task_id,
-                r.attempt,
-                r.fence,
-            ),
+        return bool(changed)
+
+    def _end_attempts(self, cur: Cursor, records: list[Finish]) -> None:
+        """End the attempts rows of the endings whose task row took them, in one statement."""
+        if not records:
+            return
+        columns: list[list[Any]] = [[] for _ in range(5)]
+        fenced: list[Any] = []
+        for r in records:
+            e = r.ending
+            tail = None if r.output_tail is None else r.output_tail[-MAX_TAIL:]
+            values = (e.outcome.value, e.error_type, e.error_message, e.traceback, tail)
+            for column, value in zip(columns, values, strict=True):
+                column += [r.task_id, r.attempt, value]
+            fenced += [r.task_id, r.attempt, r.fence]
+        sql = self.q.END_ATTEMPTS.format(
+            when=" ".join([self.q.END_ATTEMPTS_WHEN] * len(records)),
+            rows=" OR ".join([self.q.END_ATTEMPTS_ROW] * len(records)),
         )
-        return True
+        cur.execute(sql, [v for column in columns for v in column] + fenced)

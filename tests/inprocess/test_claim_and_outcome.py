@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from taskman import Outcome, TaskState
-from taskman.errors import StoreError
+from taskman.cluster.layout import claim_name
+from taskman.errors import CoordinationError, StoreError
 from tests.inprocess.harness import InProcessNode
 
 
@@ -95,3 +96,36 @@ def test_a_message_the_node_cannot_handle_ends_only_its_attempt(node: InProcessN
     task = node.client.get(task_id)
     assert task.state is TaskState.FAILED and task.error_type == "ProtocolError"
     assert "runner.message_failed" in node.recorded.names()
+
+
+def test_recorded_claims_are_dropped_in_the_next_claim_batch(node: InProcessNode) -> None:
+    first = node.client.submit("demo.tasks:add", plugin="demo", args=(1, 1))
+    node.claim()
+    node.runner_of(first).succeed(2)
+    node.steps.drain_events(timeout=0)
+    node.steps.outcomes.record_pending()
+    assert node.client.get(first).state is TaskState.SUCCEEDED
+    assert node.coord.lease.live_claims() == {claim_name(first, 1)}  # queued, not sent
+    second = node.client.submit("demo.tasks:add", plugin="demo", args=(2, 2))
+    assert node.claim() == 1
+    assert node.coord.lease.live_claims() == {claim_name(second, 1)}
+
+
+def test_a_claim_batch_zookeeper_refuses_keeps_the_releases_it_carried(
+    node: InProcessNode,
+) -> None:
+    first = node.client.submit("demo.tasks:add", plugin="demo", args=(1, 1))
+    node.claim()
+    node.runner_of(first).succeed(2)
+    node.steps.drain_events(timeout=0)
+    node.steps.outcomes.record_pending()
+    node.client.submit("demo.tasks:add", plugin="demo", args=(2, 2))
+
+    def refused(*args: object) -> object:
+        raise CoordinationError("ZooKeeper did not answer")
+
+    node.coord.lease.acquire_and_release = refused  # type: ignore[method-assign]
+    assert node.claim() == 0
+    assert node.coord.lease.live_claims() == {claim_name(first, 1)}
+    node.steps.releases.flush()  # sent on their own later
+    assert not node.coord.lease.live_claims()

@@ -638,3 +638,69 @@ def test_a_finish_batch_writes_the_current_owners_and_nothing_of_the_stale(
     retry, attempts = _rows(dsn, ids[2])
     assert (retry["state"], retry["failures"], retry["error_type"]) == ("queued", 1, "ValueError")
     assert attempts[0]["outcome"] == "error"
+
+
+def test_a_claim_batch_under_one_shared_token_records_each_attempt(
+    dsn: str, store: TaskStore
+) -> None:
+    # One ZooKeeper multi gives its claims one token: tasks may share it.
+    with Client(dsn) as client:
+        ids = [client.submit(FN, plugin="demo", args=[i, i]) for i in range(3)]
+    claims = store.claim_many([ClaimRequest(t, 0, 300, "1.0") for t in ids], "n-a", DC)
+    assert [(c.task_id, c.fence) if c else None for c in claims] == [(t, 300) for t in ids]
+    for t in ids:
+        task, attempts = _rows(dsn, t)
+        assert (task["state"], task["fence"], task["attempt"]) == ("running", 300, 1)
+        assert [(a["attempt"], a["fence"], a["node"]) for a in attempts] == [(1, 300, "n-a")]
+
+
+def test_a_heartbeat_batch_refreshes_each_attempt_only_under_its_own_token(
+    dsn: str, store: TaskStore
+) -> None:
+    with Client(dsn) as client:
+        ids = [client.submit(FN, plugin="demo", args=[i, i]) for i in range(3)]
+    store.claim_many([ClaimRequest(t, 0, 100 + i, "1.0") for i, t in enumerate(ids)], "n-a", DC)
+    with _raw(dsn) as cur:  # an old beat, so that a new one shows
+        cur.execute("UPDATE tasks SET heartbeat_at = %s", (datetime(2000, 1, 1),))
+    before = {t: _rows(dsn, t) for t in ids}
+    # ids[1] with another task's token, ids[2] with progress: its own statement.
+    views = store.heartbeat(
+        [(ids[0], 100), (ids[1], 100), (ids[2], 102)], progress={ids[2]: (0.5, "half")}
+    )
+    assert sorted((v.task_id, v.fence) for v in views) == [(t, 100 + i) for i, t in enumerate(ids)]
+    assert _rows(dsn, ids[1]) == before[ids[1]]  # a wrong token changes nothing
+    beaten, _ = _rows(dsn, ids[0])
+    assert beaten["heartbeat_at"] > before[ids[0]][0]["heartbeat_at"]
+    progressed, _ = _rows(dsn, ids[2])
+    assert (progressed["progress"], progressed["progress_message"]) == (0.5, "half")
+    assert progressed["heartbeat_at"] > before[ids[2]][0]["heartbeat_at"]
+
+
+def test_a_finish_batch_ends_each_attempt_row_with_its_own_texts(
+    dsn: str, store: TaskStore
+) -> None:
+    # The attempts rows of a batch are ended in one statement: each must get its own.
+    with Client(dsn) as client:
+        ids = [client.submit(FN, plugin="demo", args=[i, i], max_attempts=1) for i in range(3)]
+    store.claim_many([ClaimRequest(t, 0, 100, "1.0") for t in ids], "n-a", DC)
+    endings = [
+        Ending(Outcome.SUCCEEDED, TaskState.SUCCEEDED, result_json="0"),
+        Ending(Outcome.ERROR, TaskState.FAILED, "KeyError", "no key", "Traceback: k"),
+        Ending(Outcome.TIMEOUT, TaskState.FAILED, "TimeoutError", "too slow"),
+    ]
+    records = [
+        Finish(t, 1, 100, e, output_tail=f"tail {i}")
+        for i, (t, e) in enumerate(zip(ids, endings, strict=True))
+    ]
+    stale = Finish(ids[0], 1, 99, endings[1], output_tail="stale")  # an older token
+    assert store.finish_many([stale, *records]) == [False, True, True, True]
+    got = [_rows(dsn, t)[1][0] for t in ids]
+    assert [
+        (a["outcome"], a["error_type"], a["error_message"], a["traceback"], a["output_tail"])
+        for a in got
+    ] == [
+        ("succeeded", None, None, None, "tail 0"),
+        ("error", "KeyError", "no key", "Traceback: k", "tail 1"),
+        ("timeout", "TimeoutError", "too slow", None, "tail 2"),
+    ]
+    assert all(a["ended_at"] is not None and a["fence"] == 100 for a in got)
