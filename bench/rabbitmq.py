@@ -27,7 +27,7 @@ from taskman.lab.servers.process import (
     _spawn,
     _tail,
     _terminate_all,
-    free_port,
+    free_ports,
 )
 
 # Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user through su, which
@@ -46,22 +46,13 @@ def unavailable() -> str | None:
     return None
 
 
-def _distinct_ports(host: str, count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port(host)
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
 class RabbitMQServer:
     """One RabbitMQ node (beam.smp) and its epmd, both children of this process."""
 
     def __init__(self, base_dir: Path, host: str = "127.0.0.1") -> None:
         self._base_dir = Path(base_dir).resolve()
         self._host = host
-        self.amqp_port, self.dist_port, self.epmd_port = _distinct_ports(host, 3)
+        self.amqp_port, self.dist_port, self.epmd_port = free_ports(3, host)
         self.node_name = f"taskman-bench-{uuid.uuid4().hex[:8]}@localhost"
         self._epmd: subprocess.Popen[bytes] | None = None
         self._node: subprocess.Popen[bytes] | None = None

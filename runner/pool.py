@@ -40,6 +40,7 @@ from taskman.runner.supervisor import (
     Runner,
     RunnerEvent,
     RunnerSpec,
+    keep_output,
     spec_message,
 )
 from taskman.text import clean_text
@@ -149,14 +150,7 @@ class PooledAttempt:
         self.events.put(RunnerEvent(self, message))
 
     def on_output(self, chunk: bytes, allowed: int | None) -> None:
-        self.output_bytes += len(chunk)
-        if allowed is not None and self.output_bytes > allowed and not self.output_exceeded:
-            self.output_exceeded = True
-            self.kill()
-        self._tail.append(chunk)
-        self._tail_size += len(chunk)
-        while self._tail_size - len(self._tail[0]) >= OUTPUT_TAIL:
-            self._tail_size -= len(self._tail.popleft())
+        keep_output(self, chunk, allowed)
 
 
 @dataclass(eq=False)  # compared by identity, as the pool keeps them

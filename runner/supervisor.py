@@ -417,15 +417,7 @@ class Runner:
             self._output_done.set()
 
     def _on_output(self, chunk: bytes, allowed: int | None) -> None:
-        """Keep the tail of the attempt's output; kill it past its output limit."""
-        self.output_bytes += len(chunk)
-        if allowed is not None and self.output_bytes > allowed and not self.output_exceeded:
-            self.output_exceeded = True
-            self.kill()
-        self._tail.append(chunk)
-        self._tail_size += len(chunk)
-        while self._tail_size - len(self._tail[0]) >= OUTPUT_TAIL:
-            self._tail_size -= len(self._tail.popleft())
+        keep_output(self, chunk, allowed)
 
     def output_tail(self) -> str:
         return clean_text(b"".join(self._tail)[-OUTPUT_TAIL:].decode("utf-8", "replace"))
@@ -468,6 +460,29 @@ class Runner:
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+class OutputKeeper(Protocol):
+    """Whatever keeps one attempt's output: a Runner, or a pooled runner's attempt."""
+
+    output_bytes: int
+    output_exceeded: bool
+    _tail: deque[bytes]
+    _tail_size: int
+
+    def kill(self) -> None: ...
+
+
+def keep_output(owner: OutputKeeper, chunk: bytes, allowed: int | None) -> None:
+    """Keep the tail of the attempt's output; kill the attempt past its output limit."""
+    owner.output_bytes += len(chunk)
+    if allowed is not None and owner.output_bytes > allowed and not owner.output_exceeded:
+        owner.output_exceeded = True
+        owner.kill()
+    owner._tail.append(chunk)
+    owner._tail_size += len(chunk)
+    while owner._tail_size - len(owner._tail[0]) >= OUTPUT_TAIL:
+        owner._tail_size -= len(owner._tail.popleft())
 
 
 def spec_message(spec: RunnerSpec) -> dict[str, Any]:

@@ -71,7 +71,8 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_ports(count: int, host: str) -> list[int]:
+def free_ports(count: int, host: str) -> list[int]:
+    """``count`` distinct free ports on ``host``."""
     ports: list[int] = []
     while len(ports) < count:
         port = free_port(host)
@@ -165,3 +166,6 @@ def _stop_leftovers() -> None:
     for server in list(_LIVE):
         with contextlib.suppress(Exception):
             server.stop(timeout=5.0)
+
+
+_free_ports = free_ports  # the name the lab's modules import
