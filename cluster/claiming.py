@@ -75,6 +75,28 @@ def runner_spec(claim: Claim, plugin: Plugin, *, heartbeat: float, watchdog: flo
     )
 
 
+class Meanwhile:
+    """Work to overlap with a ZooKeeper round trip: runs once, keeps its error for later."""
+
+    def __init__(self, fn: Callable[[], None] | None) -> None:
+        self._fn = fn
+        self._error: Exception | None = None
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is None:
+            return
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - raised by reraise, after the claim
+            self._error = exc
+
+    def reraise(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
 class Claimer:
     def __init__(
         self,
@@ -91,8 +113,21 @@ class Claimer:
         self.may_claim = may_claim
         self.found: int | None = None  # candidates the last claim read; None: it failed
 
-    def claim(self) -> tuple[int, int]:
-        """Claim and launch up to the free slots: (claimed, wanted)."""
+    def claim(self, meanwhile: Callable[[], None] | None = None) -> tuple[int, int]:
+        """Claim and launch up to the free slots: (claimed, wanted).
+
+        ``meanwhile`` (the node's batch of endings to write) runs exactly once: while
+        the claim's ZooKeeper multi is in flight, or at the end if none was sent. An
+        error it raises comes out after the claim, never in the middle of one.
+        """
+        side = Meanwhile(meanwhile)
+        try:
+            return self._claim(side)
+        finally:
+            side()
+            side.reraise()
+
+    def _claim(self, meanwhile: Meanwhile) -> tuple[int, int]:
         ctx = self.ctx
         free = ctx.config.slots - len(ctx.active)
         self.found = None
@@ -113,7 +148,7 @@ class Claimer:
         if not chosen:
             return (0, free)
         started = ctx.clock()
-        won = self._take_tokens(chosen)
+        won = self._take_tokens(chosen, meanwhile)
         if not won:
             return (0, free)
         requests = [
@@ -133,14 +168,16 @@ class Claimer:
             claimed += self._start(prepared, claim, started)
         return (claimed, free)
 
-    def _take_tokens(self, chosen: list[Prepared]) -> list[tuple[Prepared, int]]:
+    def _take_tokens(
+        self, chosen: list[Prepared], meanwhile: Callable[[], None]
+    ) -> list[tuple[Prepared, int]]:
         ctx = self.ctx
         # One ZooKeeper multi (one write) for the whole batch, and the claims whose
         # outcomes are recorded go in it too.
         release = self.releases.take()
         try:
             tokens, unreleased = ctx.coord.lease.acquire_and_release(
-                [(p.task_id, p.attempt) for p in chosen], release
+                [(p.task_id, p.attempt) for p in chosen], release, meanwhile=meanwhile
             )
         except (CoordinationError, KazooException) as exc:
             ctx.log.warning("claim.failed", error=str(exc))

@@ -68,10 +68,15 @@ class Claims(Protocol):
         ...
 
     def acquire_and_release(
-        self, attempts: list[tuple[int, int]], release: list[tuple[int, int]]
+        self,
+        attempts: list[tuple[int, int]],
+        release: list[tuple[int, int]],
+        *,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[list[int | None], list[tuple[int, int]]]:
         """``acquire_many``, dropping claims of this session in the same write; the
-        releases not done yet come back, to be sent again."""
+        releases not done yet come back, to be sent again. ``meanwhile`` runs once
+        while the write is in flight, and must not raise."""
         ...
 
     def release_many_async(self, attempts: list[tuple[int, int]]) -> Pending:

@@ -210,10 +210,16 @@ class _LocalLease:
         return [self.acquire(task_id, attempt) for task_id, attempt in attempts]
 
     def acquire_and_release(
-        self, attempts: list[tuple[int, int]], release: list[tuple[int, int]]
+        self,
+        attempts: list[tuple[int, int]],
+        release: list[tuple[int, int]],
+        *,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[list[int | None], list[tuple[int, int]]]:
         for task_id, attempt in release:
             self.release(task_id, attempt)
+        if meanwhile is not None:
+            meanwhile()
         return self.acquire_many(attempts), []
 
     def release(self, task_id: int, attempt: int) -> None:

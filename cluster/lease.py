@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -83,7 +84,11 @@ class ClaimLease:
         return self.acquire_and_release(attempts, [])[0]
 
     def acquire_and_release(
-        self, attempts: list[Key], release: list[Key]
+        self,
+        attempts: list[Key],
+        release: list[Key],
+        *,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[list[int | None], list[Key]]:
         """Claim ``attempts`` and drop claims of ours (``release``) in one multi.
 
@@ -98,7 +103,8 @@ class ClaimLease:
         todo, drops = list(range(len(attempts))), list(release)
         try:
             for _ in range(MULTI_TRIES if todo else 0):
-                failed = self._multi([attempts[i] for i in todo], drops, deadline)
+                failed = self._multi([attempts[i] for i in todo], drops, deadline, meanwhile)
+                meanwhile = None
                 if isinstance(failed, int):  # applied: the token of every claim in it
                     tokens.update(dict.fromkeys(todo, failed))
                     todo, drops = [], []
@@ -126,9 +132,16 @@ class ClaimLease:
             return self.acquire(task_id, attempt, deadline)
         return None
 
-    def _multi(self, attempts: list[Key], drops: list[Key], deadline: float) -> int | tuple[int]:
+    def _multi(
+        self,
+        attempts: list[Key],
+        drops: list[Key],
+        deadline: float,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> int | tuple[int]:
         """Drop ``drops`` and create the claims of ``attempts`` in one multi: the claims'
-        token, or (the index of the operation that failed, drops first,).
+        token, or (the index of the operation that failed, drops first,). ``meanwhile``
+        runs while the multi is in flight (it must not raise: Claimer's Meanwhile).
 
         The multi first sets this session's marker: a ZooKeeper transaction is one
         write with one zxid, so the marker's new mzxid is every claim's czxid (kazoo
@@ -143,7 +156,11 @@ class ClaimLease:
             transaction.create(
                 self.paths.claim(task_id, attempt), self.node_id.encode(), ephemeral=True
             )
-        marker, *results = wait(transaction.commit_async(), _left(deadline))
+        left = _left(deadline)
+        pending = transaction.commit_async()
+        if meanwhile is not None:
+            meanwhile()  # the time it takes is not ZooKeeper's: the wait starts after it
+        marker, *results = wait(pending, left)
         if isinstance(marker, ZnodeStat):
             return int(marker.mzxid) + self.token_base
         if not isinstance(marker, RolledBackError):

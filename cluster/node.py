@@ -263,7 +263,13 @@ class Node:
         """One pass of the loop; True once the node has drained and should stop."""
         cfg, steps = self.config, self.steps
         steps.drain_events(timeout=steps.pacer.wait(self._clock()))
-        steps.outcomes.record_pending()  # every ending drained above, in one transaction
+        # Every ending drained above is written in one transaction: while this pass's
+        # claim multi is in flight when it claims (no round trip of its own), else now.
+        # Not across a session episode: the guard forgets the old session's claims
+        # before it rejoins, and their releases must be queued before that.
+        deferred = self._may_defer_recording()
+        if not deferred:
+            steps.outcomes.record_pending()
         now = self._clock()
         steps.guard.check_session()
         self.publisher.tick(now)
@@ -274,6 +280,7 @@ class Node:
             steps.releases.check()
         steps.supervisor.enforce_limits(now)
         if self._stopping.is_set():
+            steps.outcomes.record_pending()
             if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
                 steps.supervisor.give_up_all("the node is shutting down")
             if not self.ctx.active:
@@ -281,6 +288,18 @@ class Node:
                 return True
             return False
         if steps.pacer.due(now) and steps.may_claim():
-            steps.poll(now)  # then the next poll: at once, poll_interval or idle (pacing.py)
+            # Then the next poll: at once, poll_interval or idle (pacing.py).
+            steps.poll(now, meanwhile=steps.outcomes.record_pending if deferred else None)
             steps.releases.flush()  # claims the database turned down
+        elif deferred:
+            steps.outcomes.record_pending()
         return False
+
+    def _may_defer_recording(self) -> bool:
+        steps = self.steps
+        return (
+            not self._stopping.is_set()
+            and not steps.guard.fenced_episode
+            and not self.monitor.lost.is_set()
+            and self.ctx.session_healthy()
+        )

@@ -39,9 +39,12 @@ class NodeSteps:
             and ctx.session_healthy()
         )
 
-    def poll(self, now: float) -> int:
-        """Claim what there is room for, then set when to look next (pacing.py)."""
-        claimed, wanted = self.claimer.claim()
+    def poll(self, now: float, meanwhile: Callable[[], None] | None = None) -> int:
+        """Claim what there is room for, then set when to look next (pacing.py).
+
+        ``meanwhile`` runs once during the claim, while ZooKeeper answers (Claimer.claim).
+        """
+        claimed, wanted = self.claimer.claim(meanwhile)
         self.pacer.polled(now, claimed, wanted, self.claimer.found)
         return claimed
 

@@ -27,6 +27,10 @@ class Cursor(Protocol):
 
     def execute(self, query: str, args: Any = None) -> int: ...
 
+    def execute_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Statements that return no rows, sent together where the server allows; rows changed."""
+        ...
+
     def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
         """``statement``, then ``row`` filled with each row of ``columns``, joined by ", "."""
         ...

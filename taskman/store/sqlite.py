@@ -155,6 +155,10 @@ class SQLiteCursor:
         self.lastrowid = cur.lastrowid or 0
         return self.rowcount
 
+    def execute_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Run statements that return no rows; the rows each one changed (no round trips here)."""
+        return [self.execute(sql, args) for sql, args in statements]
+
     def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
         """Run ``statement``, then ``row`` once per row of ``columns``, joined by ", "."""
         rows = list(zip(*columns, strict=True))

@@ -254,14 +254,18 @@ class TaskStore(LeaderQueries):
             return [claim_from(rows.get(r.task_id), r.fence) for r in requests]
 
         def fn(cur: Cursor) -> list[Claim | None]:
+            # Each row fenced on its own, the batch in one round trip.
             won = [
-                bool(
-                    cur.execute(
-                        self.q.CLAIM,
-                        (r.fence, node, datacenter, r.task_id, r.seen_attempt, r.fence),
-                    )
+                bool(changed)
+                for changed in cur.execute_each(
+                    [
+                        (
+                            self.q.CLAIM,
+                            (r.fence, node, datacenter, r.task_id, r.seen_attempt, r.fence),
+                        )
+                        for r in requests
+                    ]
                 )
-                for r in requests
             ]
             if not any(won):
                 return [None] * len(requests)
@@ -361,7 +365,8 @@ class TaskStore(LeaderQueries):
         records = [storable(record) for record in records]
 
         def fn(cur: Cursor) -> list[bool]:
-            applied = [self._finish_one(cur, record) for record in records]
+            # Each row fenced on its own, the batch in one round trip.
+            applied = [bool(n) for n in cur.execute_each([self._finish_one(r) for r in records])]
             self._end_attempts(cur, [r for r, ok in zip(records, applied, strict=True) if ok])
             return applied
 
@@ -383,40 +388,33 @@ class TaskStore(LeaderQueries):
 
         return self.db.run(fn, on_ambiguous=reread)
 
-    def _finish_one(self, cur: Cursor, r: Finish) -> bool:
+    def _finish_one(self, r: Finish) -> tuple[str, tuple[Any, ...]]:
+        """The fenced write of one ending on its task row."""
         e = r.ending
         if e.state is TaskState.SUCCEEDED:
-            changed = cur.execute(self.q.FINISH_SUCCEEDED, (e.result_json, r.task_id, r.fence))
-        elif e.state is TaskState.QUEUED:
+            return self.q.FINISH_SUCCEEDED, (e.result_json, r.task_id, r.fence)
+        if e.state is TaskState.QUEUED:
             micros = int((e.retry_delay or 0.0) * 1_000_000)
             # A failure of the task counts against max_attempts; an attempt the
             # node gave up (self-fencing, shutdown) counts as a reclaim instead.
-            changed = cur.execute(
-                self.q.FINISH_RETRY,
-                (
-                    int(e.counts_as_failure),
-                    int(not e.counts_as_failure),
-                    int(e.counts_as_failure),  # only a failure waits a backoff ...
-                    micros,  # ... else run_after stays: the task keeps its place in line
-                    e.error_type,
-                    e.summary,
-                    r.task_id,
-                    r.fence,
-                ),
+            return self.q.FINISH_RETRY, (
+                int(e.counts_as_failure),
+                int(not e.counts_as_failure),
+                int(e.counts_as_failure),  # only a failure waits a backoff ...
+                micros,  # ... else run_after stays: the task keeps its place in line
+                e.error_type,
+                e.summary,
+                r.task_id,
+                r.fence,
             )
-        else:
-            changed = cur.execute(
-                self.q.FINISH_FAILED,
-                (
-                    e.state.value,
-                    int(e.counts_as_failure),
-                    e.error_type,
-                    e.summary,
-                    r.task_id,
-                    r.fence,
-                ),
-            )
-        return bool(changed)
+        return self.q.FINISH_FAILED, (
+            e.state.value,
+            int(e.counts_as_failure),
+            e.error_type,
+            e.summary,
+            r.task_id,
+            r.fence,
+        )
 
     def _end_attempts(self, cur: Cursor, records: list[Finish]) -> None:
         """End the attempts rows of the endings whose task row took them, in one statement."""

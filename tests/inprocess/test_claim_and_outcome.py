@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from taskman import Outcome, TaskState
 from taskman.cluster.layout import claim_name
 from taskman.errors import CoordinationError, StoreError
+from taskman.store import Finish
 from tests.inprocess.harness import InProcessNode
 
 
@@ -121,7 +124,7 @@ def test_a_claim_batch_zookeeper_refuses_keeps_the_releases_it_carried(
     node.steps.outcomes.record_pending()
     node.client.submit("demo.tasks:add", plugin="demo", args=(2, 2))
 
-    def refused(*args: object) -> object:
+    def refused(*args: object, **kwargs: object) -> object:
         raise CoordinationError("ZooKeeper did not answer")
 
     node.coord.lease.acquire_and_release = refused  # type: ignore[method-assign]
@@ -129,3 +132,57 @@ def test_a_claim_batch_zookeeper_refuses_keeps_the_releases_it_carried(
     assert node.coord.lease.live_claims() == {claim_name(first, 1)}
     node.steps.releases.flush()  # sent on their own later
     assert not node.coord.lease.live_claims()
+
+
+def test_endings_written_during_a_claim_are_released_by_the_next_one(
+    node: InProcessNode,
+) -> None:
+    """The loop writes a pass's endings while its claim's multi is in flight: each
+    ending is written once, before its release, and the release rides later."""
+    first = node.client.submit("demo.tasks:add", plugin="demo", args=(1, 1))
+    assert node.claim() == 1
+    node.runner_of(first).succeed(2)
+    node.steps.drain_events(timeout=0)
+    second = node.client.submit("demo.tasks:add", plugin="demo", args=(2, 2))
+    written: list[list[int]] = []
+    real = node.store.finish_many
+
+    def spy(records: list[Finish]) -> list[bool]:
+        # Written before the claim's token came back, and its own claim still held.
+        assert node.coord.lease.live_claims() >= {claim_name(first, 1)}
+        written.append([r.task_id for r in records])
+        return real(records)
+
+    node.store.finish_many = spy  # type: ignore[method-assign]
+    claimed, _ = node.steps.claimer.claim(node.steps.outcomes.record_pending)
+    assert claimed == 1 and written == [[first]]
+    assert node.client.get(first).state is TaskState.SUCCEEDED
+    assert node.steps.releases.leftover == [(first, 1)]  # for the next multi, not this one
+    node.runner_of(second).succeed(4)
+    node.settle()
+    node.steps.claimer.claim()
+    assert written == [[first], [second]]
+    assert claim_name(first, 1) not in node.coord.lease.live_claims()
+
+
+def test_the_overlapped_write_runs_once_even_when_there_is_nothing_to_claim(
+    node: InProcessNode,
+) -> None:
+    calls: list[int] = []
+    assert node.steps.claimer.claim(lambda: calls.append(1)) == (0, node.config.slots)
+    assert calls == [1]
+
+
+def test_an_overlapped_write_that_fails_surfaces_after_the_claim_completes(
+    node: InProcessNode,
+) -> None:
+    task_id = node.client.submit("demo.tasks:add", plugin="demo", args=(1, 1))
+
+    def broken() -> None:
+        raise RuntimeError("the recorder broke")
+
+    with pytest.raises(RuntimeError, match="the recorder broke"):
+        node.steps.claimer.claim(broken)
+    # The claim itself finished: its row and its runner exist, nothing half-done.
+    assert node.client.get(task_id).state is TaskState.RUNNING
+    assert node.runner_of(task_id).launched

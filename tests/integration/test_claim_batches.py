@@ -195,3 +195,23 @@ def test_a_batch_that_stays_crowded_leaves_its_releases_to_be_sent_again(
     tokens, unreleased = a.acquire_and_release([(t, 1) for t in [*taken, 99]], [(1, 1)])
     assert tokens == [None] * len(taken) + [tokens[-1]] and tokens[-1] is not None
     assert unreleased == [(1, 1)] and a.token_of(1, 1) is not None
+
+
+def test_work_overlapped_with_the_multi_runs_once_while_it_is_in_flight(
+    leases: list[ClaimLease], clients: list[KazooClient]
+) -> None:
+    """The node writes its endings while the claim multi travels: once, even when the
+    first multi is refused and the batch goes again."""
+    a, b = leases
+    held = b.acquire(7, 1)  # the first multi is refused for this one
+    version = wait(clients[0].exists_async(a.marker)).version
+    seen: list[int] = []
+
+    def meanwhile() -> None:
+        # The multi was sent before this ran; its answer is read after.
+        seen.append(wait(clients[0].exists_async(a.marker)).version)
+
+    tokens, _ = a.acquire_and_release([(6, 1), (7, 1)], [], meanwhile=meanwhile)
+    assert len(seen) == 1
+    assert tokens[0] is not None and tokens[1] is None and b.token_of(7, 1) == held
+    assert wait(clients[0].exists_async(a.marker)).version == version + 1
