@@ -28,7 +28,10 @@ class Cursor(Protocol):
     def execute(self, query: str, args: Any = None) -> int: ...
 
     def execute_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
-        """Statements that return no rows, sent together where the server allows; rows changed."""
+        """Statements sent together where the server allows; the rows each changed (or found).
+
+        Only the last may be a query: ``fetchall`` then returns its rows.
+        """
         ...
 
     def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:

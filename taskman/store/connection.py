@@ -116,6 +116,16 @@ class MySQLCursor:
 
     def __init__(self, cur: pymysql.cursors.DictCursor) -> None:
         self._cur = cur
+        self.committed = False  # query_and_commit ended the transaction already
+
+    def query_and_commit(self, query: str, args: Any = None) -> list[dict[str, Any]]:
+        """A read that is the whole transaction: the SELECT and its COMMIT in one round trip."""
+        cur = self._cur
+        cur.execute(cur.mogrify(query, args) + ";\nCOMMIT")
+        rows = list(cur.fetchall())
+        cur.nextset()  # the COMMIT's answer
+        self.committed = True
+        return rows
 
     @property
     def lastrowid(self) -> int:
@@ -150,10 +160,11 @@ class MySQLCursor:
         return self.execute(statement + ", ".join(rows))
 
     def execute_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
-        """Run statements that return no rows; the rows each one changed.
+        """Run statements; the rows each one changed (or, for a query, found).
 
         Sent together (multi-statements, ``EACH_BATCH_BYTES`` at most per packet):
         a batch of fenced per-row writes costs one round trip, not one per row.
+        Only the last statement may be a query: ``fetchall`` then returns its rows.
         Every value is escaped as ``execute`` escapes it. The server stops at the
         first statement that fails, and its error is raised here.
         """
@@ -362,8 +373,10 @@ class Database:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                yield MySQLCursor(cur)
-            self._commit(conn)
+                mysql_cursor = MySQLCursor(cur)
+                yield mysql_cursor
+            if not mysql_cursor.committed:
+                self._commit(conn)
         except BaseException as exc:
             mapped = classify(exc)
             if isinstance(mapped, TransientStoreError):
@@ -428,11 +441,8 @@ class Database:
         return run_retrying(attempt, self.retry_deadline if deadline is None else deadline)
 
     def query(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
-        def fn(cur: MySQLCursor) -> list[dict[str, Any]]:
-            cur.execute(sql, args)
-            return cur.fetchall()
-
-        return self.run(fn)
+        """One read in a transaction of its own (one round trip with its COMMIT)."""
+        return self.run(lambda cur: cur.query_and_commit(sql, args))
 
     def execute(self, sql: str, args: Any = None) -> int:
         def fn(cur: MySQLCursor) -> int:

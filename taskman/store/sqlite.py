@@ -156,7 +156,7 @@ class SQLiteCursor:
         return self.rowcount
 
     def execute_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
-        """Run statements that return no rows; the rows each one changed (no round trips here)."""
+        """Run statements; the rows each one changed, or the last one's query rows (as MySQL's)."""
         return [self.execute(sql, args) for sql, args in statements]
 
     def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:

@@ -282,9 +282,20 @@ class TaskStore(LeaderQueries):
                     datacenter,
                     r.plugin_version,
                 ]
-            cur.execute(self.q.INSERT_ATTEMPTS.format(rows=rows), params)
+            ids = [r.task_id for r in requests]
+            # The attempts rows and the read-back of the claims, in one round trip.
+            cur.execute_each(
+                [
+                    (self.q.INSERT_ATTEMPTS.format(rows=rows), params),
+                    (self.q.CLAIMED_TASKS.format(ids=", ".join(["%s"] * len(ids))), ids),
+                ]
+            )
+            claimed = {int(row["id"]): row for row in cur.fetchall()}
             # Only rows this transaction moved are ours (a row may carry an equal token).
-            return [c if ok else None for c, ok in zip(read(cur), won, strict=True)]
+            return [
+                claim_from(claimed.get(r.task_id), r.fence) if ok else None
+                for r, ok in zip(requests, won, strict=True)
+            ]
 
         def reread(cur: Cursor) -> list[Claim | None] | None:
             # A COMMIT is all or nothing: if any row carries its token, the batch

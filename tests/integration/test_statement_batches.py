@@ -106,3 +106,35 @@ def test_a_batch_larger_than_one_packet_is_split(
 
 def test_an_empty_batch_changes_nothing(db: StoreDatabase) -> None:
     assert _each(db, []) == []
+
+
+def test_the_last_statement_may_be_a_query_whose_rows_fetchall_returns(
+    db: StoreDatabase,
+) -> None:
+    def batch(cur: Cursor) -> tuple[list[int], list[dict[str, Any]]]:
+        counts = cur.execute_each(
+            [
+                ("UPDATE probe SET v = %s WHERE id = %s", ("q", 1)),
+                ("SELECT id, v FROM probe WHERE v = %s ORDER BY id", ("q",)),
+            ]
+        )
+        return counts, list(cur.fetchall())
+
+    counts, rows = db.run(batch)
+    assert counts == [1, 1]  # the query's count is the rows it found, as execute's
+    assert [(int(r["id"]), r["v"]) for r in rows] == [(1, "q")]  # it sees the write before it
+
+
+def test_a_read_ends_its_transaction_so_the_next_read_sees_newer_writes(
+    db: StoreDatabase, dsn: str
+) -> None:
+    """``query`` sends its COMMIT with the SELECT: no snapshot outlives the read."""
+    other = make_database(dsn)
+    try:
+        assert db.query("SELECT v FROM probe WHERE id = 1") == [{"v": "a"}]
+        other.execute("UPDATE probe SET v = 'newer' WHERE id = 1")
+        assert db.query("SELECT v FROM probe WHERE id = 1") == [{"v": "newer"}]
+        db.execute("UPDATE probe SET v = 'mine' WHERE id = 2")  # the next transaction works
+        assert other.query("SELECT v FROM probe WHERE id = 2") == [{"v": "mine"}]
+    finally:
+        other.close()
