@@ -34,8 +34,11 @@ class Cursor(Protocol):
         """
         ...
 
-    def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
-        """``statement``, then ``row`` filled with each row of ``columns``, joined by ", "."""
+    def render_rows(
+        self, statement: str, row: str, columns: Sequence[Sequence[Any]]
+    ) -> tuple[str, Sequence[Any] | None]:
+        """``statement``, then ``row`` filled with each row of ``columns``, joined by ", ",
+        as ``execute``'s arguments; safe to call in another thread."""
         ...
 
     def fetchone(self) -> dict[str, Any] | None: ...

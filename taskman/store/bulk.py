@@ -18,7 +18,8 @@ round trips are few: one per chunk, one per read-back range, the COMMIT.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ KEYS_PER_STATEMENT = 500  # idempotency keys per IN (...)
 # under group_concat_max_len, 1 MiB (queries.SESSION_SETUP).
 READ_BACK_ITEMS = 10_000
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class BulkStore:
@@ -66,8 +68,10 @@ class BulkStore:
         def fn(cur: Cursor) -> list[int]:
             found = self._by_key(cur, batch, own)
             new = [i for i in own if i not in found]
-            for chunk in _chunks(batch.tasks, new):
-                self._insert_chunk(cur, [batch.tasks[i] for i in chunk])
+            chunks = [[batch.tasks[i] for i in chunk] for chunk in _chunks(batch.tasks, new)]
+            # The next chunk's statement renders (client CPU) while the server runs this one.
+            for sql, args in _ahead(chunks, lambda tasks: self._render_chunk(cur, tasks)):
+                self._insert_chunk(cur, sql, args)
             found.update(self._by_request_id(cur, batch, new))
             return _ids(batch, found)
 
@@ -82,7 +86,7 @@ class BulkStore:
 
         return self.db.run(fn, on_ambiguous=reread)
 
-    def _insert_chunk(self, cur: Cursor, tasks: list[NewTask]) -> None:
+    def _render_chunk(self, cur: Cursor, tasks: list[NewTask]) -> tuple[str, Sequence[Any] | None]:
         by_column = list(zip(*map(self._values, tasks), strict=True))
         kept = [i for i, values in enumerate(by_column) if values.count(None) < len(tasks)]
         values = [by_column[i] for i in kept]
@@ -94,8 +98,11 @@ class BulkStore:
             columns=", ".join([self._columns[i] for i in kept])
         )
         row = self.q.BULK_TASK_ROW.format(values=", ".join(["%s"] * len(kept)), run_after=run_after)
+        return cur.render_rows(statement, row, values)
+
+    def _insert_chunk(self, cur: Cursor, sql: str, args: Sequence[Any] | None) -> None:
         try:
-            cur.execute_rows(statement, row, values)
+            cur.execute(sql, args)
         except DuplicateKeyError:
             # Another submit took one of the batch's idempotency keys after we looked
             # them up (request ids are the batch's own): look again, in a new transaction.
@@ -190,6 +197,21 @@ def _chunks(tasks: Sequence[NewTask], items: list[int]) -> Iterator[list[int]]:
         size += task_bytes
     if chunk:
         yield chunk
+
+
+def _ahead(items: list[T], render: Callable[[T], R]) -> Iterator[R]:
+    """``render`` of each item in order; the next one renders in a thread while the
+    caller uses this one (its round trip releases the GIL)."""
+    if len(items) < 2:
+        yield from map(render, items)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="taskman-bulk-render") as pool:
+        upcoming = pool.submit(render, items[0])
+        for item in items[1:]:
+            current = upcoming.result()
+            upcoming = pool.submit(render, item)
+            yield current
+        yield upcoming.result()
 
 
 def _slices(values: list[T], size: int) -> Iterator[list[T]]:

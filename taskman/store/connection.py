@@ -139,8 +139,11 @@ class MySQLCursor:
                 raise classify(exc) from exc
             raise
 
-    def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
-        """Run ``statement``, then ``row`` once per row of ``columns``, joined by ", ".
+    def render_rows(
+        self, statement: str, row: str, columns: Sequence[Sequence[Any]]
+    ) -> tuple[str, Sequence[Any] | None]:
+        """``statement``, then ``row`` once per row of ``columns``, joined by ", ": as
+        ``execute``'s arguments, rendered here (safe in another thread).
 
         Row ``i`` fills ``row``'s placeholders with the ``i``-th value of each column,
         escaped as ``execute`` escapes them (``Connection.escape``). A chunk of
@@ -157,7 +160,7 @@ class MySQLCursor:
         else:
             rendered = [_rendered(column, escape) for column in columns]
         rows = [row % values for values in zip(*rendered, strict=True)]
-        return self.execute(statement + ", ".join(rows))
+        return statement + ", ".join(rows), None
 
     def execute_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
         """Run statements; the rows each one changed (or, for a query, found).

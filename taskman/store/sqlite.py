@@ -159,12 +159,12 @@ class SQLiteCursor:
         """Run statements; the rows each one changed, or the last one's query rows (as MySQL's)."""
         return [self.execute(sql, args) for sql, args in statements]
 
-    def execute_rows(self, statement: str, row: str, columns: Sequence[Sequence[Any]]) -> int:
-        """Run ``statement``, then ``row`` once per row of ``columns``, joined by ", "."""
+    def render_rows(
+        self, statement: str, row: str, columns: Sequence[Sequence[Any]]
+    ) -> tuple[str, Sequence[Any] | None]:
+        """``statement``, then ``row`` once per row of ``columns``: ``execute``'s arguments."""
         rows = list(zip(*columns, strict=True))
-        return self.execute(
-            statement + ", ".join([row] * len(rows)), [value for item in rows for value in item]
-        )
+        return statement + ", ".join([row] * len(rows)), [value for item in rows for value in item]
 
     def fetchone(self) -> dict[str, Any] | None:
         if self._next >= len(self._rows):

@@ -6,6 +6,7 @@ it was applied; ``False`` means a newer token owns the task (the caller is fence
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -246,64 +247,53 @@ class TaskStore(LeaderQueries):
         """
         if not requests:
             return []
+        ids = [r.task_id for r in requests]
+        read_back = (self.q.CLAIMED_TASKS.format(ids=", ".join(["%s"] * len(ids))), ids)
 
-        def read(cur: Cursor) -> list[Claim | None]:
-            ids = [r.task_id for r in requests]
-            cur.execute(self.q.CLAIMED_TASKS.format(ids=", ".join(["%s"] * len(ids))), ids)
-            rows = {int(row["id"]): row for row in cur.fetchall()}
-            return [claim_from(rows.get(r.task_id), r.fence) for r in requests]
+        def claims(rows: Sequence[dict[str, Any]], won: list[bool]) -> list[Claim | None]:
+            by_id = {int(row["id"]): row for row in rows}
+            return [
+                claim_from(by_id.get(r.task_id), r.fence) if ok else None
+                for r, ok in zip(requests, won, strict=True)
+            ]
 
         def fn(cur: Cursor) -> list[Claim | None]:
             # Each row fenced on its own, the batch in one round trip.
             won = [
-                bool(changed)
-                for changed in cur.execute_each(
-                    [
-                        (
-                            self.q.CLAIM,
-                            (r.fence, node, datacenter, r.task_id, r.seen_attempt, r.fence),
-                        )
-                        for r in requests
-                    ]
-                )
+                bool(n)
+                for n in cur.execute_each([self._claim_one(r, node, datacenter) for r in requests])
             ]
             if not any(won):
                 return [None] * len(requests)
-            # The attempts rows of the claims that matched, in one statement.
             moved = [r for r, ok in zip(requests, won, strict=True) if ok]
-            rows = ", ".join([self.q.INSERT_ATTEMPTS_ROW] * len(moved))
-            params = []
-            for r in moved:
-                params += [
-                    r.task_id,
-                    r.seen_attempt + 1,
-                    r.fence,
-                    node,
-                    datacenter,
-                    r.plugin_version,
-                ]
-            ids = [r.task_id for r in requests]
-            # The attempts rows and the read-back of the claims, in one round trip.
-            cur.execute_each(
-                [
-                    (self.q.INSERT_ATTEMPTS.format(rows=rows), params),
-                    (self.q.CLAIMED_TASKS.format(ids=", ".join(["%s"] * len(ids))), ids),
-                ]
-            )
-            claimed = {int(row["id"]): row for row in cur.fetchall()}
-            # Only rows this transaction moved are ours (a row may carry an equal token).
-            return [
-                claim_from(claimed.get(r.task_id), r.fence) if ok else None
-                for r, ok in zip(requests, won, strict=True)
-            ]
+            # The attempts rows of the claims that matched, and the read-back, in one
+            # round trip. Only rows this transaction moved are ours.
+            cur.execute_each([self._attempts_rows(moved, node, datacenter), read_back])
+            return claims(cur.fetchall(), won)
 
         def reread(cur: Cursor) -> list[Claim | None] | None:
             # A COMMIT is all or nothing: if any row carries its token, the batch
             # applied and the others were simply not ours; if none does, run it again.
-            claims = read(cur)
-            return claims if any(c is not None for c in claims) else None
+            cur.execute(*read_back)
+            found = claims(cur.fetchall(), [True] * len(requests))
+            return found if any(c is not None for c in found) else None
 
         return self.db.run(fn, on_ambiguous=reread)
+
+    def _claim_one(
+        self, r: ClaimRequest, node: str, datacenter: str
+    ) -> tuple[str, tuple[Any, ...]]:
+        return self.q.CLAIM, (r.fence, node, datacenter, r.task_id, r.seen_attempt, r.fence)
+
+    def _attempts_rows(
+        self, moved: list[ClaimRequest], node: str, datacenter: str
+    ) -> tuple[str, list[Any]]:
+        """One INSERT of the attempts rows of the claims whose UPDATE matched."""
+        rows = ", ".join([self.q.INSERT_ATTEMPTS_ROW] * len(moved))
+        params: list[Any] = []
+        for r in moved:
+            params += [r.task_id, r.seen_attempt + 1, r.fence, node, datacenter, r.plugin_version]
+        return self.q.INSERT_ATTEMPTS.format(rows=rows), params
 
     # -- node: fenced writes ----------------------------------------------------
     def heartbeat(

@@ -1,4 +1,4 @@
-"""How MySQLCursor.execute_rows renders a chunk's values: as PyMySQL's own escaping would.
+"""How MySQLCursor.render_rows renders a chunk's values: as PyMySQL's own escaping would.
 
 Pure: the columns are rendered with PyMySQL's default encoders, no server.
 """
