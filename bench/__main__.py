@@ -67,6 +67,13 @@ def parser() -> argparse.ArgumentParser:
         help="an existing RabbitMQ on loopback for the Celery figures (default: the run "
         "starts its own node)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with celery and throughput: alternating rounds of Celery then each mode at "
+        "--tasks (versus[...]; 0: none)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks it works (CI)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--base-dir", type=Path, help="server data (default: a temp dir)")
@@ -149,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
                 min(args.tasks, versus_celery.ISOLATED_TASKS),
                 args.latency_samples,
                 args.celery_broker,
+                versus_celery.HeadToHead(
+                    lambda m, n: cluster_benches.throughput(the_lab, m, n, 1, args.slots),
+                    modes,
+                    args.tasks,
+                    args.rounds if "throughput" in args.only else 0,
+                ),
             )
         if "submit_many" in args.only:
             record("submit_many[mariadb]", lambda: submits.submit_rates(the_lab, args.submits))
@@ -175,6 +188,7 @@ def smoke_sizes(args: argparse.Namespace) -> None:
     args.submits = 200
     args.memory_runners = 4
     args.session_timeout = 4.0
+    args.rounds = 1
 
 
 def default_modes() -> list[str]:

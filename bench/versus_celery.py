@@ -7,9 +7,11 @@ run starts for them and stops afterwards, unless ``--celery-broker`` names one.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,25 @@ def figure_names(sizes: list[int], isolated: int) -> dict[str, tuple[int, int | 
     return names
 
 
+# taskman's side of a head-to-head round: (mode, tasks) -> its throughput figure.
+Ours = Callable[[str, int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """Alternating rounds, Celery then each taskman mode, at one size.
+
+    The machine's speed drifts by up to 2x over minutes on this shared VM: figures
+    measured minutes apart give ratios that say more about the drift than about
+    either system. Alternating keeps each ratio's two figures seconds apart.
+    """
+
+    ours: Ours
+    modes: list[str]
+    tasks: int
+    rounds: int
+
+
 def measure(
     record: Record,
     the_lab: Lab,
@@ -37,6 +58,7 @@ def measure(
     isolated: int,
     latency_samples: int,
     broker: str | None,
+    head_to_head: HeadToHead | None = None,
 ) -> None:
     """Record every Celery figure, or one ``celery`` entry saying why there are none."""
     reason = celery_side.unavailable(broker) or (None if broker else rabbitmq.unavailable())
@@ -61,6 +83,29 @@ def measure(
             f"celery[latency,{PREFORK}]",
             lambda: celery_side.latency(target, latency_samples),
         )
+        if head_to_head is not None and head_to_head.rounds > 0:
+            for mode in head_to_head.modes:
+                record(
+                    f"versus[{mode},{head_to_head.tasks} tasks]",
+                    lambda m=mode: _alternate(target, head_to_head, m),
+                )
+
+
+def _alternate(target: celery_side.Target, h2h: HeadToHead, mode: str) -> dict[str, Any]:
+    """``rounds`` x (Celery, then taskman ``mode``), one node / one worker each."""
+    rounds = []
+    for _ in range(h2h.rounds):
+        theirs = celery_side.throughput(target, h2h.tasks, None)["tasks_per_s"]
+        ours = h2h.ours(mode, h2h.tasks)["tasks_per_s"]
+        rounds.append({"celery": theirs, "taskman": ours, "ratio": round(ours / theirs, 3)})
+    return {
+        "tasks": h2h.tasks,
+        "rounds": rounds,
+        "celery_tasks_per_s_median": round(statistics.median(r["celery"] for r in rounds), 1),
+        "taskman_tasks_per_s_median": round(statistics.median(r["taskman"] for r in rounds), 1),
+        "ratio_median": round(statistics.median(r["ratio"] for r in rounds), 3),
+        "ratio_range": [min(r["ratio"] for r in rounds), max(r["ratio"] for r in rounds)],
+    }
 
 
 def _start(
@@ -106,6 +151,12 @@ def ratios(figures: dict[str, Any], modes: list[str]) -> dict[str, float]:
                 key = f"throughput taskman {mode} 1 node / Celery {label}"
                 out[key] = round(ours["tasks_per_s"] / theirs["tasks_per_s"], 3)
     out.update(_latency_ratios(figures, modes))
+    for name, value in figures.items():
+        if name.startswith("versus[") and isinstance(value, dict) and "ratio_median" in value:
+            label = name.removeprefix("versus[").removesuffix("]")
+            out[f"throughput taskman / Celery {PREFORK}, alternating rounds, median ({label})"] = (
+                value["ratio_median"]
+            )
     return out
 
 
