@@ -173,9 +173,10 @@ CANDIDATE_PLUGIN_TERM = (
 # How long until the next queued task becomes due (NULL: none waits): an idle node
 # whose wake-ups are armed sleeps until then at most. Read only after a poll found
 # nothing, so the index-only scan of the queued range runs at the idle pace.
-NEXT_DUE = (
+NEXT_DUE = (  # %s: the grace, in microseconds (TaskStore.next_due_in)
     "SELECT TIMESTAMPDIFF(MICROSECOND, NOW(6), MIN(run_after)) AS due_us "
-    "FROM tasks FORCE INDEX (tasks_claim) WHERE state = 'queued' AND run_after > NOW(6)"
+    "FROM tasks FORCE INDEX (tasks_claim) WHERE state = 'queued' "
+    "AND run_after > NOW(6) - INTERVAL %s MICROSECOND"
 )
 
 # The claim: one conditional UPDATE moves the task to running under the new

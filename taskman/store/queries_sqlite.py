@@ -158,7 +158,7 @@ CANDIDATES = (
 CANDIDATE_BLOCKED_FUNCTIONS = " AND (plugin, `function`) NOT IN (VALUES {pairs})"
 NEXT_DUE = (
     "SELECT tm_diff_us(tm_now(), MIN(run_after)) AS due_us "
-    "FROM tasks WHERE state = 'queued' AND run_after > tm_now()"
+    "FROM tasks WHERE state = 'queued' AND run_after > tm_add_us(tm_now(), 0 - %s)"
 )
 
 CLAIM = (

@@ -38,6 +38,11 @@ from taskman.validation import NewTask
 MAX_TAIL = 64 * 1024
 
 
+# An idle node's read of the queue and its "when is the next one due" read are two
+# statements: a task due in between is in neither, unless the second looks this far back.
+DUE_GRACE = 1.0
+
+
 class TaskStore(LeaderQueries):
     def __init__(self, db: StoreDatabase | str) -> None:
         self.db = make_database(db) if isinstance(db, str) else db
@@ -220,8 +225,12 @@ class TaskStore(LeaderQueries):
         return [Candidate(**task_fields(Candidate, r)) for r in rows]
 
     def next_due_in(self) -> float | None:
-        """Seconds until the next queued task becomes due, by the database's clock; None if none."""
-        due_us = self.db.query(self.q.NEXT_DUE)[0]["due_us"]
+        """Seconds until the next queued task becomes due, by the database's clock; None if none.
+
+        A task that became due in the last ``DUE_GRACE`` seconds is due now (0.0): it
+        may have become due after the node's read of the queue, which did not see it.
+        """
+        due_us = self.db.query(self.q.NEXT_DUE, (int(DUE_GRACE * 1_000_000),))[0]["due_us"]
         return None if due_us is None else max(0.0, int(due_us) / 1e6)
 
     def claim(
