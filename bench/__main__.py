@@ -218,6 +218,10 @@ def latency_figures(record: Record, the_lab: Any, mode: str, args: argparse.Name
         f"latency[{mode},wake,idle poll {IDLE_POLL}s]",
         lambda: cluster_benches.latency(the_lab, mode, samples, 0.05, IDLE_POLL),
     )
+    record(
+        f"latency[{mode},wake datagram,idle poll {IDLE_POLL}s]",
+        lambda: cluster_benches.latency(the_lab, mode, samples, 0.05, IDLE_POLL, datagrams=True),
+    )
 
 
 def idle_figures(record: Record, the_lab: Any, mode: str, args: argparse.Namespace) -> None:

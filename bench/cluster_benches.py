@@ -165,7 +165,13 @@ def throughput(lab: Lab, mode: str, tasks: int, nodes: int, slots: int) -> dict[
 
 
 def latency(
-    lab: Lab, mode: str, samples: int, poll_interval: float, idle_poll: float | None = None
+    lab: Lab,
+    mode: str,
+    samples: int,
+    poll_interval: float,
+    idle_poll: float | None = None,
+    *,
+    datagrams: bool = False,
 ) -> dict[str, Any]:
     """Submit one task at a time on an idle node; submit -> first line of the task function.
 
@@ -177,6 +183,8 @@ def latency(
     options: dict[str, Any] = {"poll_interval": poll_interval, "log_level": "info"}
     if idle_poll is not None:
         options["idle_poll_interval"] = idle_poll
+    if datagrams:  # the Client also sends a datagram to the published address
+        options["wake_address"] = "127.0.0.1:0"
     (node,) = _nodes(lab, dsn, mode, 1, **options)
     node.start()
     signals = _signals(lab, node) if idle_poll is not None else {}
@@ -194,7 +202,8 @@ def latency(
                     values.append(float(task.result) - t0)
     finally:
         node.stop(timeout=30)
-    wake = {"idle_poll_interval_s": idle_poll, "wake": "zookeeper"} if signals else {}
+    how = "datagram, then zookeeper" if datagrams else "zookeeper"
+    wake = {"idle_poll_interval_s": idle_poll, "wake": how} if signals else {}
     return {"poll_interval_s": poll_interval, **wake, **summary_ms(values)}
 
 

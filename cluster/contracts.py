@@ -129,6 +129,9 @@ class Coordinator(Protocol):
     @property
     def gate(self) -> Gate: ...
 
+    # Published with each registration when set (wake_datagrams.py); None: no datagrams.
+    wake_address: str | None
+
     def start(self) -> None: ...
 
     def close(self) -> None: ...

@@ -25,7 +25,7 @@ from taskman.cluster.contracts import Coordinator, Election, JsonValue, Member
 from taskman.cluster.election import LeaderElection
 from taskman.cluster.layout import ClusterPaths, claim_name
 from taskman.cluster.lease import ClaimLease
-from taskman.cluster.wake import Bumper, WakeWatch, ensure_wake_node
+from taskman.cluster.wake import Bumper, WakeWatch, ensure_wake_node, publish_wake_address
 from taskman.cluster.zk import (
     ZK_TIMEOUT,
     SessionMonitor,
@@ -61,6 +61,8 @@ class ZkCoordination:
         self.client = connect(config.zookeeper, config.session_timeout, security=security)
         ensure_namespace(self.client, self.paths, insecure=config.insecure)
         ensure_wake_node(self.client, self.paths, security)
+        self._security = security
+        self.wake_address: str | None = None  # published at every (re)registration
         self._wake_watch: WakeWatch | None = None
         self._bumper = Bumper(self._send_bump, name="node-wake")
         self.monitor = SessionMonitor(self.client, self.paths.nodes, config.session_timeout)
@@ -88,6 +90,10 @@ class ZkCoordination:
     def register(self, info: Mapping[str, JsonValue], *, wait_for: float) -> None:
         membership.register(self.client, self.paths, self.config.node_id, info, wait_for=wait_for)
         self.lease.open_session()
+        if self.wake_address is not None:
+            publish_wake_address(
+                self.client, self.paths, self.config.node_id, self.wake_address, self._security
+            )
 
     def update(self, info: Mapping[str, JsonValue]) -> None:
         membership.update(self.client, self.paths, self.config.node_id, info)
@@ -304,6 +310,7 @@ class LocalCoordination:
 
     def __init__(self, config: NodeConfig, floor: int) -> None:
         self.config = config
+        self.wake_address: str | None = None  # one process: nobody to send datagrams
         self._tokens = _Tokens(floor)
         self.monitor = _LocalMonitor()
         self.lease = _LocalLease(self._tokens)

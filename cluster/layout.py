@@ -54,6 +54,14 @@ class ClusterPaths:
         return f"{self.base}/wake"
 
     @property
+    def wake_addresses(self) -> str:
+        # Nodes' UDP wake addresses (wake_datagrams.py), ephemeral; anyone may read them.
+        return f"{self.base}/wake-addresses"
+
+    def wake_address(self, node_id: str) -> str:
+        return f"{self.wake_addresses}/{node_id}"
+
+    @property
     def drain_requests(self) -> str:
         return f"{self.base}/drain"
 

@@ -34,6 +34,7 @@ from taskman.cluster.publishing import Publisher
 from taskman.cluster.startup_checks import check_granted_session, check_tokens
 from taskman.cluster.steps import NodeSteps
 from taskman.cluster.task_events import node_events
+from taskman.cluster.wake_datagrams import DatagramListener
 from taskman.config import NodeConfig
 from taskman.dsn import parse_dsn
 from taskman.errors import SchemaError
@@ -146,6 +147,7 @@ class Node:
         self.coord.start()
         check_granted_session(self.coord, self.config, self.log)
         check_tokens(self.coord, self.store)
+        self._listen_for_datagrams()
         self.coord.register(self.publisher.member_info(), wait_for=self.config.session_timeout * 2)
         self._leadership = Leadership(
             self.config, self.coord, self.log, self._leader_done, self._set_leader
@@ -227,6 +229,14 @@ class Node:
 
         self.events.listeners.append(on_event)
 
+    def _listen_for_datagrams(self) -> None:
+        """With ``wake_address``: Clients' datagrams wake the loop; the address is published."""
+        self._datagrams: DatagramListener | None = None
+        if self.config.wake_address is not None:
+            self._datagrams = DatagramListener(self.config.wake_address, self.steps.pacer.signal)
+            self.coord.wake_address = self._datagrams.address
+            self.log.info("node.wake_address", address=self._datagrams.address)
+
     @property
     def is_leader(self) -> bool:
         publisher = getattr(self, "publisher", None)
@@ -238,6 +248,9 @@ class Node:
     def _shutdown(self) -> None:
         if self.endpoints is not None:
             self.endpoints.stop()
+        datagrams: DatagramListener | None = getattr(self, "_datagrams", None)
+        if datagrams is not None:
+            datagrams.close()
         self._guard_done.set()
         self._leader_done.set()
         self._leader_thread.join(timeout=5)

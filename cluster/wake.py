@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NodeExistsError
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, Id, Permissions
 
 from taskman import metrics
 from taskman.cluster.layout import ClusterPaths
+from taskman.cluster.wake_datagrams import DatagramSender
 from taskman.cluster.zk import ZK_TIMEOUT, ZkSecurity, wait
 from taskman.errors import CoordinationError
 
@@ -47,6 +48,9 @@ CLIENT_SESSION = 10.0  # the Client's ZooKeeper session: it holds nothing but a 
 # Long: a Client's first submit often comes before its connection is up, and a dropped
 # bump leaves the task to the nodes' idle poll.
 CONNECT_WAIT = CLIENT_SESSION
+# After a Client's datagrams, its bump waits this long: the datagrams' nodes claim first,
+# and the bump still wakes, moments later, any node they did not reach.
+DATAGRAM_HEAD_START = 0.025
 
 
 def wake_acl(security: ZkSecurity) -> list[ACL]:
@@ -62,10 +66,33 @@ def wake_acl(security: ZkSecurity) -> list[ACL]:
     return own if any(a.id.scheme == "world" for a in own) else [*own, anyone]
 
 
+def readable_acl(security: ZkSecurity) -> list[ACL]:
+    """The cluster's ACL, plus: anyone may read (the nodes' wake addresses: no secret)."""
+    own = security.acl()
+    anyone = ACL(Permissions.READ, Id("world", "anyone"))
+    return own if any(a.id.scheme == "world" for a in own) else [*own, anyone]
+
+
 def ensure_wake_node(client: KazooClient, paths: ClusterPaths, security: ZkSecurity) -> None:
-    """Create the wake znode (a node does, at start; a Client never creates anything)."""
+    """Create the wake znode and the wake addresses' parent (a node does, at start; a
+    Client never creates anything)."""
     with contextlib.suppress(NodeExistsError):
         wait(client.create_async(paths.wake, b"", acl=wake_acl(security)))
+    with contextlib.suppress(NodeExistsError):
+        wait(client.create_async(paths.wake_addresses, b"", acl=readable_acl(security)))
+
+
+def publish_wake_address(
+    client: KazooClient, paths: ClusterPaths, node_id: str, address: str, security: ZkSecurity
+) -> None:
+    """This session's wake address, ephemeral: it goes with the node."""
+    path = paths.wake_address(node_id)
+    try:
+        wait(
+            client.create_async(path, address.encode(), acl=readable_acl(security), ephemeral=True)
+        )
+    except NodeExistsError:
+        wait(client.set_async(path, address.encode()))
 
 
 @dataclass
@@ -155,25 +182,58 @@ class ClientWaker:
     """
 
     def __init__(self, hosts: str, cluster: str, *, min_gap: float = MIN_GAP) -> None:
-        self.path = ClusterPaths(cluster).wake
+        self.paths = ClusterPaths(cluster)
+        self.path = self.paths.wake
         self._zk = KazooClient(
             hosts=hosts,
             timeout=CLIENT_SESSION,
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=5.0),
             command_retry=KazooRetry(max_tries=1, delay=0.05, deadline=1.0),
         )
+        # The nodes' wake addresses (wake_datagrams.py), read again when they change.
+        self.datagrams = DatagramSender()
+        self._zk.add_listener(self._on_state)
         self._zk.start_async()  # connects in kazoo's thread, retrying for ever
         self._bumper = Bumper(self._send, min_gap=min_gap, name="client-wake")
         self._closing = threading.Event()
+        self._bump_not_before = 0.0
 
     @property
     def stats(self) -> BumpStats:
         return self._bumper.stats
 
     def bump(self) -> None:
+        if self.datagrams.send():  # non-blocking sends, here: the fast hint goes first
+            # The bump follows a little later: sent at once, its quorum write would queue
+            # the woken node's claim multi behind it (ZooKeeper applies writes in order).
+            self._bump_not_before = time.monotonic() + DATAGRAM_HEAD_START
         self._bumper.bump()
 
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:  # kazoo's connection thread: never block here
+            self._zk.handler.spawn(self._read_addresses)
+
+    def _read_addresses(self, _event: Any = None) -> None:
+        """Every published wake address, watching for nodes that come and go."""
+
+        def changed(event: Any) -> None:
+            self._zk.handler.spawn(self._read_addresses)
+
+        try:
+            children = self._zk.get_children(self.paths.wake_addresses, watch=changed)
+            addresses = []
+            for child in children:
+                with contextlib.suppress(NoNodeError):
+                    data, _ = self._zk.get(self.paths.wake_address(child))
+                    addresses.append(data.decode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 - a hint: no nodes listening yet, or no connection
+            return  # read again at the next connection
+        self.datagrams.set_addresses(addresses)
+
     def _send(self) -> None:
+        head_start = self._bump_not_before - time.monotonic()
+        if head_start > 0:
+            self._closing.wait(head_start)  # requests meanwhile join this bump
         if not self._zk.connected:
             # Just started, or reconnecting: wait for it (nobody waits on this thread),
             # unless the Client is closing; after that the idle poll finds the task.
@@ -193,6 +253,7 @@ class ClientWaker:
         with contextlib.suppress(Exception):
             self._zk.stop()
             self._zk.close()
+        self.datagrams.close()
 
 
 class WakeWatch:

@@ -63,6 +63,9 @@ class NodeConfig:
     retention_expired: float = 30 * 86400.0
     prune_batch: int = 1000  # rows per DELETE: small, so no batch holds locks for long
     metrics_address: str | None = None  # "host:port" for /metrics, /healthz, /readyz
+    # "host:port" (UDP) where Clients' wake datagrams reach this node, published in
+    # ZooKeeper; port 0 picks a free one. Unset: only ZooKeeper bumps wake it.
+    wake_address: str | None = None
     drain_timeout: float = 30.0  # on SIGTERM or `taskman node drain`: let attempts finish
 
     # The self-fencing budget, in fractions of the session timeout S. ZooKeeper can
@@ -285,6 +288,7 @@ def _check(config: NodeConfig, source: str) -> None:
         if getattr(config, name) <= 0:
             raise fail(f"{name!r} must be positive")
     _check_idle_poll(config, source)
+    _check_wake_address(config, source)
     if config.heartbeat_interval >= config.session_timeout / 2:
         raise fail("'heartbeat_interval' must be under half of 'session_timeout'")
     if config.heartbeat_timeout < 3 * config.heartbeat_interval:
@@ -306,6 +310,21 @@ def _check(config: NodeConfig, source: str) -> None:
         raise fail("'drain_timeout' must not be negative")
     if config.log_format not in ("auto", "json", "console"):
         raise fail("'log_format' must be auto, json or console")
+
+
+# Not addresses a Client can send to: a node publishes its wake_address as it is.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})  # noqa: S104 - refused, not bound
+
+
+def _check_wake_address(config: NodeConfig, source: str) -> None:
+    if config.wake_address is None:
+        return
+    host, _, port = config.wake_address.rpartition(":")
+    if host in WILDCARD_HOSTS or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{source}: 'wake_address' must be host:port, the address Clients reach this "
+            f"node at (not a wildcard), got {config.wake_address!r}"
+        )
 
 
 def _check_idle_poll(config: NodeConfig, source: str) -> None:

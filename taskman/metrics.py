@@ -94,6 +94,12 @@ WAKEUPS = Counter(
     "Times a wake-up signal (ZooKeeper's wake znode changed) made this node look for work.",
     registry=REGISTRY,
 )
+WAKE_DATAGRAMS = Counter(
+    "taskman_wake_datagrams_total",
+    "Datagrams received on this node's wake_address: accepted (a wake-up), ignored (not one).",
+    ["result"],
+    registry=REGISTRY,
+)
 WAKE_BUMPS = Counter(
     "taskman_wake_bumps_total",
     "Wake-up signals this node sent (retries, reclaims, schedule ticks), by result.",
@@ -182,6 +188,8 @@ for _reason in ("node_lost", "heartbeat_timeout"):
     RECLAIMED.labels(_reason)
 for _result in ("sent", "failed"):
     WAKE_BUMPS.labels(_result)
+for _result in ("accepted", "ignored"):
+    WAKE_DATAGRAMS.labels(_result)
 for _pace in ("busy", "idle"):
     POLLS.labels(_pace)
 

@@ -396,3 +396,14 @@ def test_secret_file_from_the_environment_and_missing_files(tmp_path: Path) -> N
     (tmp_path / "empty").write_text("  \n")
     with pytest.raises(ConfigError, match="is empty"):
         load(tmp_path, env={"TASKMAN_DSN_FILE": str(tmp_path / "empty")})
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:7077", "[::]:7077", ":7077", "*:1", "n1", "h:x"])
+def test_a_wake_address_clients_cannot_reach_is_refused(tmp_path: Path, address: str) -> None:
+    with pytest.raises(ConfigError, match="'wake_address' must be host:port"):
+        load(tmp_path, f'wake_address = "{address}"\n')
+
+
+def test_a_wake_address_is_kept_as_given(tmp_path: Path) -> None:
+    assert load(tmp_path, 'wake_address = "10.0.0.5:7077"\n').wake_address == "10.0.0.5:7077"
+    assert load(tmp_path).wake_address is None

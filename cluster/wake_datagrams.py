@@ -1,0 +1,149 @@
+"""Datagram wake-ups: a UDP hint sent straight to the nodes, beside the ZooKeeper bump.
+
+A bump through ZooKeeper is a quorum write: 4 to 7 ms on the lab's 2-core VM,
+about half of an idle task's submit-to-start. A node with ``wake_address`` also
+listens on that UDP address and publishes it (``wake-addresses/<node id>``, an
+ephemeral znode anyone may read); a Client with ``zookeeper`` sends every
+published address one datagram after each COMMIT, then bumps as before.
+
+A datagram is a hint, like a bump: it carries no authority (the most a forged
+one does is make a node look at the queue once), it may be lost (the bump, then
+the idle poll, find the task), and a flood of them reads the queue at most once
+per ``MIN_GAP``: one arriving during the gap is answered at its end, never dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from taskman import metrics
+from taskman.config.node_config import WILDCARD_HOSTS
+from taskman.errors import ConfigError
+
+MAGIC = b"taskman-wake/1"
+MIN_GAP = 0.002  # seconds between two wake-ups a node takes from datagrams
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ConfigError if it is neither."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535 or host in WILDCARD_HOSTS:
+        raise ConfigError(
+            f"'wake_address' must be host:port, the address Clients reach this node at "
+            f"(not a wildcard), got {address!r}"
+        )
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class DatagramListener:
+    """Receives wake datagrams on one UDP address; ``on_wake`` runs on its own thread."""
+
+    def __init__(
+        self, address: str, on_wake: Callable[[], None], *, min_gap: float = MIN_GAP
+    ) -> None:
+        host, port = split_address(address)
+        self._sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        try:
+            self._sock.bind((host, port))
+        except OSError as exc:
+            self._sock.close()
+            raise ConfigError(f"'wake_address' {address}: cannot listen there: {exc}") from None
+        self._sock.settimeout(0.5)  # the longest close() waits for the thread
+        self.address = join_address(host, self._sock.getsockname()[1])  # port 0: the real one
+        self._on_wake = on_wake
+        self.min_gap = min_gap
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wake-datagrams", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = float("-inf")
+        pending = False
+        while not self._closed.is_set():
+            wait = max(0.0, last + self.min_gap - time.monotonic()) if pending else 0.5
+            self._sock.settimeout(wait or 0.0001)
+            try:
+                data: bytes | None = self._sock.recv(64)
+            except TimeoutError:
+                data = None
+            except OSError:
+                if self._closed.is_set():
+                    return
+                continue
+            if data is not None:
+                accepted = data == MAGIC
+                metrics.WAKE_DATAGRAMS.labels("accepted" if accepted else "ignored").inc()
+                pending = pending or accepted
+            now = time.monotonic()
+            if pending and now >= last + self.min_gap:
+                last, pending = now, False
+                self._on_wake()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=2.0)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+class DatagramSender:
+    """A Client's datagrams: one non-blocking send per address, errors counted, never raised."""
+
+    def __init__(self) -> None:
+        self._socks: dict[socket.AddressFamily, socket.socket] = {}
+        self._targets: list[tuple[socket.AddressFamily, tuple[str, int]]] = []
+        self.sent = 0
+        self.failed = 0
+
+    def set_addresses(self, addresses: list[str]) -> None:
+        """The published addresses (host:port), resolved here (off the submit path, names
+        too); one that is malformed or does not resolve is skipped."""
+        targets: list[tuple[socket.AddressFamily, tuple[str, int]]] = []
+        for address in addresses:
+            try:
+                host, port = split_address(address)
+                family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[
+                    0
+                ]
+            except (ConfigError, OSError, IndexError):
+                continue
+            targets.append((family, (str(sockaddr[0]), int(sockaddr[1]))))
+        self._targets = targets
+
+    @property
+    def addresses(self) -> int:
+        return len(self._targets)
+
+    def send(self) -> int:
+        """One datagram to each address; how many went out."""
+        sent = 0
+        for family, target in self._targets:
+            try:
+                sock = self._socks.get(family)
+                if sock is None:
+                    sock = self._socks[family] = socket.socket(family, socket.SOCK_DGRAM)
+                    sock.setblocking(False)
+                sock.sendto(MAGIC, target)
+                sent += 1
+            except OSError:
+                self.failed += 1
+        self.sent += sent
+        return sent
+
+    def close(self) -> None:
+        for sock in self._socks.values():
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._socks.clear()
