@@ -60,6 +60,14 @@ TRANSIENT_CODES = frozenset(
 # Retry waits: jittered, up to FIRST_WAIT s before the second try, doubling to MAX_WAIT.
 FIRST_WAIT = 0.05
 MAX_WAIT = 2.0
+# A transaction left idle this long (seconds) is ended by the server, its locks with it.
+# A process stopped between a write and its COMMIT (SIGSTOP, a VM pause) otherwise holds
+# its row locks until it wakes: a paused leader's shared lock on the leadership row kept
+# its successor out for innodb_lock_wait_timeout (50 s). Under database_fence_after at
+# the shortest heartbeat_timeout (2.55 s), so a stalled client cannot make a node fence
+# itself; every transaction of taskman's sends its statements milliseconds apart.
+IDLE_TRANSACTION_LIMIT = 2
+UNKNOWN_VARIABLE = 1193  # MySQL has no idle_transaction_timeout
 # Statements sent together by execute_each: well under max_allowed_packet (16 MiB by default).
 EACH_BATCH_BYTES = 1 << 20
 AMBIGUOUS_CODES = frozenset({1180})  # error during COMMIT: outcome unknown
@@ -311,6 +319,7 @@ class Database:
         self._conn: Connection[pymysql.cursors.DictCursor] | None = None
         self._lock = threading.RLock()
         self._galera: bool | None = None
+        self._idle_limit_supported = True
 
     # -- connection ------------------------------------------------------
     def _connect(self) -> Connection[pymysql.cursors.DictCursor]:
@@ -339,6 +348,7 @@ class Database:
         try:
             with conn.cursor() as cur:
                 cur.execute(q.SESSION_SETUP)
+                self._limit_idle_transactions(cur)
                 if self._galera is None:
                     cur.execute(q.HAS_WSREP)
                     row = cur.fetchone()
@@ -351,6 +361,21 @@ class Database:
                 conn.close()
             raise classify(exc) from None
         return conn
+
+    def _limit_idle_transactions(self, cur: pymysql.cursors.DictCursor) -> None:
+        if not self._idle_limit_supported:
+            return
+        try:
+            cur.execute(q.SESSION_IDLE_TRANSACTION_LIMIT, (IDLE_TRANSACTION_LIMIT,))
+        except pymysql.err.OperationalError as exc:
+            if not exc.args or exc.args[0] != UNKNOWN_VARIABLE:
+                raise
+            self._idle_limit_supported = False
+            log.warning(
+                "db.idle_transaction_limit_unsupported",
+                detail="this server cannot end idle transactions: a stalled process "
+                "holds its row locks until it wakes (docs/operations.md)",
+            )
 
     def _connection(self) -> Connection[pymysql.cursors.DictCursor]:
         if self._conn is None or not self._conn.open:

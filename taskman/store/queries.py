@@ -13,6 +13,8 @@ from __future__ import annotations
 # group_concat_max_len: TASK_IDS_BY_REQUEST_ID_RANGE's reply (MariaDB's default; MySQL's is 1 kB).
 SESSION_SETUP = "SET time_zone = '+00:00', group_concat_max_len = 1048576"
 SESSION_GALERA_SYNC = "SET SESSION wsrep_sync_wait = 1"
+# MariaDB ends a transaction left idle this long (seconds), and with it its row locks.
+SESSION_IDLE_TRANSACTION_LIMIT = "SET SESSION idle_transaction_timeout = %s"
 HAS_WSREP = "SHOW GLOBAL VARIABLES LIKE 'wsrep_on'"  # empty on servers built without wsrep
 NOW = "SELECT NOW(6)"
 
