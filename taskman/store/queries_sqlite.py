@@ -71,6 +71,7 @@ from taskman.store.queries import (  # noqa: F401 - re-exported: the store reads
 # -- sessions (SQLiteDatabase applies its PRAGMAs itself; these exist for parity) -----------
 SESSION_SETUP = "PRAGMA foreign_keys = ON"
 SESSION_GALERA_SYNC = "SELECT 1"
+SESSION_IDLE_TRANSACTION_LIMIT = "SELECT %s"  # SQLite has no such setting (never sent)
 HAS_WSREP = "SELECT 'wsrep_on' AS Variable_name, 'OFF' AS Value"
 NOW = "SELECT tm_now() AS `NOW(6)`"
 
