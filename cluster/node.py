@@ -301,8 +301,12 @@ class Node:
                 return True
             return False
         if steps.pacer.due(now) and steps.may_claim():
+            datagrams = self._datagrams
+            asked = datagrams is not None and datagrams.take_woke()
             # Then the next poll: at once, poll_interval or idle (pacing.py).
-            steps.poll(now, meanwhile=steps.outcomes.record_pending if deferred else None)
+            claimed = steps.poll(now, meanwhile=steps.outcomes.record_pending if deferred else None)
+            if asked and datagrams is not None and steps.claimer.found is not None:
+                datagrams.found(bool(claimed or steps.claimer.found))
             steps.releases.flush()  # claims the database turned down
         elif deferred:
             steps.outcomes.record_pending()

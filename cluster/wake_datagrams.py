@@ -9,7 +9,11 @@ published address one datagram after each COMMIT, then bumps as before.
 A datagram is a hint, like a bump: it carries no authority (the most a forged
 one does is make a node look at the queue once), it may be lost (the bump, then
 the idle poll, find the task), and a flood of them reads the queue at most once
-per ``MIN_GAP``: one arriving during the gap is answered at its end, never dropped.
+per gap: one arriving during the gap is answered at its end, never dropped. The
+gap starts at ``MIN_GAP`` and doubles, up to ``MAX_GAP``, each time a read a
+datagram asked for finds nothing queued: a flood of forged datagrams read the
+queue 500 times a second for as long as it lasted. A read that finds work
+resets it; a real submit's bump wakes the node meanwhile, whatever the gap.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 
+import structlog
+
 from taskman import metrics
 from taskman.config.node_config import WILDCARD_HOSTS
 from taskman.errors import ConfigError
 
+log = structlog.get_logger("taskman.cluster")
 MAGIC = b"taskman-wake/1"
 MIN_GAP = 0.002  # seconds between two wake-ups a node takes from datagrams
+MAX_GAP = 1.0  # ... after reads they asked for kept finding nothing
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -64,6 +72,8 @@ class DatagramListener:
         self.address = join_address(host, self._sock.getsockname()[1])  # port 0: the real one
         self._on_wake = on_wake
         self.min_gap = min_gap
+        self.gap = min_gap  # now: grows while the wake-ups find nothing (found())
+        self._woke = False  # a wake-up was handed on since the loop last asked (take_woke())
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wake-datagrams", daemon=True)
         self._thread.start()
@@ -72,7 +82,7 @@ class DatagramListener:
         last = float("-inf")
         pending = False
         while not self._closed.is_set():
-            wait = max(0.0, last + self.min_gap - time.monotonic()) if pending else 0.5
+            wait = max(0.0, last + self.gap - time.monotonic()) if pending else 0.5
             self._sock.settimeout(wait or 0.0001)
             try:
                 data: bytes | None = self._sock.recv(64)
@@ -87,9 +97,28 @@ class DatagramListener:
                 metrics.WAKE_DATAGRAMS.labels("accepted" if accepted else "ignored").inc()
                 pending = pending or accepted
             now = time.monotonic()
-            if pending and now >= last + self.min_gap:
+            if pending and now >= last + self.gap:
                 last, pending = now, False
+                self._woke = True
                 self._on_wake()
+
+    def take_woke(self) -> bool:
+        """The loop, before it reads the queue: did a datagram ask for this read?"""
+        woke, self._woke = self._woke, False
+        return woke
+
+    def found(self, work: bool) -> None:
+        """The loop, after a read a datagram asked for: did it find work queued?"""
+        if work:
+            self.gap = self.min_gap
+        elif self.gap < MAX_GAP:
+            self.gap = min(MAX_GAP, self.gap * 2)
+            if self.gap == MAX_GAP:
+                log.warning(
+                    "wake.datagrams_found_nothing",
+                    detail="wake datagrams keep asking for reads that find nothing queued "
+                    f"(forged?): taking at most one every {MAX_GAP:.0f} s until one finds work",
+                )
 
     def close(self) -> None:
         self._closed.set()

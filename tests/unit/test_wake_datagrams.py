@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -10,6 +11,8 @@ import pytest
 
 from taskman.cluster.wake_datagrams import (
     MAGIC,
+    MAX_GAP,
+    MIN_GAP,
     DatagramListener,
     DatagramSender,
     split_address,
@@ -74,6 +77,31 @@ def test_a_flood_is_coalesced_and_its_last_datagram_is_never_dropped(wakes: Wake
         assert all(gap >= 0.045 for gap in gaps)
     finally:
         listening.close()
+
+
+def test_wakeups_that_find_nothing_back_off_and_one_that_finds_work_resets(
+    listener: DatagramListener, wakes: Wakes
+) -> None:
+    assert not listener.take_woke()
+    _send(listener.address, MAGIC)
+    assert wakes.event.wait(5)
+    assert listener.take_woke() and not listener.take_woke()  # asked once, for one read
+    gaps = []
+    for _ in range(12):
+        listener.found(False)
+        gaps.append(listener.gap)
+    assert gaps[0] == 2 * MIN_GAP and gaps[-1] == MAX_GAP
+    assert all(b == min(MAX_GAP, 2 * a) for a, b in itertools.pairwise(gaps))
+    # Backed off: a flood now wakes the node once per MAX_GAP, its end still answered.
+    wakes.times.clear()
+    wakes.event.clear()
+    for _ in range(200):
+        _send(listener.address, MAGIC)
+    time.sleep(0.3)
+    assert len(wakes.times) <= 1
+    assert wakes.event.wait(MAX_GAP + 1)
+    listener.found(True)
+    assert listener.gap == MIN_GAP
 
 
 @pytest.mark.parametrize(
