@@ -27,24 +27,13 @@ from collections.abc import Callable
 import structlog
 
 from taskman import metrics
-from taskman.config.node_config import WILDCARD_HOSTS
+from taskman.config.node_config import split_wake_address as split_address
 from taskman.errors import ConfigError
 
 log = structlog.get_logger("taskman.cluster")
 MAGIC = b"taskman-wake/1"
 MIN_GAP = 0.002  # seconds between two wake-ups a node takes from datagrams
 MAX_GAP = 1.0  # ... after reads they asked for kept finding nothing
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); ConfigError if it is neither."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535 or host in WILDCARD_HOSTS:
-        raise ConfigError(
-            f"'wake_address' must be host:port, the address Clients reach this node at "
-            f"(not a wildcard), got {address!r}"
-        )
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def join_address(host: str, port: int) -> str:

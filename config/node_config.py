@@ -316,15 +316,24 @@ def _check(config: NodeConfig, source: str) -> None:
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})  # noqa: S104 - refused, not bound
 
 
-def _check_wake_address(config: NodeConfig, source: str) -> None:
-    if config.wake_address is None:
-        return
-    host, _, port = config.wake_address.rpartition(":")
-    if host in WILDCARD_HOSTS or not port.isdigit() or int(port) > 65535:
+def split_wake_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ConfigError if it is neither,
+    or if the host is a wildcard (Clients send to it: it must name this node)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535 or host in WILDCARD_HOSTS:
         raise ConfigError(
-            f"{source}: 'wake_address' must be host:port, the address Clients reach this "
-            f"node at (not a wildcard), got {config.wake_address!r}"
+            f"'wake_address' must be host:port, the address Clients reach this node at "
+            f"(not a wildcard), got {address!r}"
         )
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _check_wake_address(config: NodeConfig, source: str) -> None:
+    if config.wake_address is not None:
+        try:
+            split_wake_address(config.wake_address)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 def _check_idle_poll(config: NodeConfig, source: str) -> None:
