@@ -103,10 +103,12 @@ class DatagramListener:
         elif self.gap < MAX_GAP:
             self.gap = min(MAX_GAP, self.gap * 2)
             if self.gap == MAX_GAP:
-                log.warning(
+                # Other nodes taking the work first does this too: info, not a warning.
+                log.info(
                     "wake.datagrams_found_nothing",
-                    detail="wake datagrams keep asking for reads that find nothing queued "
-                    f"(forged?): taking at most one every {MAX_GAP:.0f} s until one finds work",
+                    detail="reads asked for by wake datagrams keep finding nothing queued "
+                    "(other nodes took the work first, or the datagrams are forged): "
+                    f"taking at most one every {MAX_GAP:.0f} s until one finds work",
                 )
 
     def close(self) -> None:
