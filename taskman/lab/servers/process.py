@@ -130,6 +130,26 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
         proc.send_signal(sig)
 
 
+def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+    """Return once every thread of ``pid`` is stopped (SIGSTOP is asynchronous: a JVM
+    thread already running answered a request after the signal was sent, seen in CI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = [
+                (
+                    Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+                    or ["?"]
+                )[0]
+                for tid in os.listdir(f"/proc/{pid}/task")
+            ]
+        except OSError:
+            return  # gone, or no /proc: nothing to wait for
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.005)
+
+
 def _kill(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return

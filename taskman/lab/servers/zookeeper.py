@@ -25,6 +25,7 @@ from taskman.lab.servers.process import (
     _spawn,
     _tail,
     _terminate_all,
+    _wait_stopped,
 )
 
 ZOOKEEPER_JARS: tuple[Path, ...] = (
@@ -202,6 +203,7 @@ class ZooKeeperEnsemble:
         server = self._server(i)
         if server.proc is not None and server.alive:
             _signal(server.proc, signal.SIGSTOP)
+            _wait_stopped(server.proc.pid)
 
     def resume_server(self, i: int) -> None:
         """SIGCONT server ``i`` after pause_server. Does not wait: a follower paused past
