@@ -374,7 +374,7 @@ class Database:
             log.warning(
                 "db.idle_transaction_limit_unsupported",
                 detail="this server cannot end idle transactions: a stalled process "
-                "holds its row locks until it wakes (docs/operations.md)",
+                "holds its row locks until it wakes (docs/architecture.md, A stalled node)",
             )
 
     def _connection(self) -> Connection[pymysql.cursors.DictCursor]:
