@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from taskman.errors import RunnerError
 from taskman.models import AttemptCall
 from taskman.runner import proctree, protocol
+from taskman.runner.threads import start_daemon
 from taskman.runner.zygote import (
     SPAWN_LOCK,
     STARTED,
@@ -134,10 +135,9 @@ class Runner:
         self._spawn()
         with self._state_lock:
             self._spawned = True
-        name = f"runner-{self.spec.call.task_id}"
-        threading.Thread(target=self._read_messages, name=name, daemon=True).start()
-        threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
-        threading.Thread(target=self._watch_exit, name=f"{name}-exit", daemon=True).start()
+        start_daemon(self._read_messages)
+        start_daemon(self._read_output)
+        start_daemon(self._watch_exit)
 
     def launch(self) -> None:
         """Start the child from a thread of its own, so the caller never waits for it.
@@ -148,8 +148,7 @@ class Runner:
         child exists is delivered the moment it does.
         """
         self.started_at = self.last_heard = time.monotonic()
-        name = f"runner-{self.spec.call.task_id}"
-        threading.Thread(target=self._launch, name=name, daemon=True).start()
+        start_daemon(self._launch)
 
     def _launch(self) -> None:
         try:
@@ -164,9 +163,8 @@ class Runner:
             pending = self._pending_signal
         if pending is not None:
             self.signal(pending)
-        name = f"runner-{self.spec.call.task_id}"
-        threading.Thread(target=self._read_output, name=f"{name}-out", daemon=True).start()
-        threading.Thread(target=self._watch_exit, name=f"{name}-exit", daemon=True).start()
+        start_daemon(self._read_output)
+        start_daemon(self._watch_exit)
         self._read_messages()
         # A cold child's parent-death signal fires when this thread ends: not before it exits.
         self._exited.wait()
