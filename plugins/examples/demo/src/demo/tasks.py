@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -142,7 +143,8 @@ def settle(seconds: float, directory: str) -> int:
 
     Each running attempt keeps a marker file named after its pid; every 20 ms it
     counts the markers whose process is alive (a killed attempt leaves its marker
-    behind, but its pid is dead). Returns the largest count it saw.
+    behind, but its pid is dead, or a zombie its new parent has not reaped yet).
+    Returns the largest count it saw.
     """
     marker = os.path.join(directory, f"run.{runtime.task_id()}.{runtime.attempt()}.{os.getpid()}")
     with open(marker, "w", encoding="utf-8"):
@@ -155,11 +157,8 @@ def settle(seconds: float, directory: str) -> int:
             for name in os.listdir(directory):
                 if not name.startswith("run."):
                     continue
-                try:
-                    os.kill(int(name.rsplit(".", 1)[1]), 0)
-                    alive += 1
-                except (ProcessLookupError, ValueError, IndexError):
-                    pass
+                with contextlib.suppress(ValueError, IndexError):
+                    alive += _running(int(name.rsplit(".", 1)[1]))
             most = max(most, alive)
             with open(os.path.join(directory, f"max.{os.getpid()}"), "w", encoding="utf-8") as fh:
                 fh.write(str(most))
@@ -167,3 +166,18 @@ def settle(seconds: float, directory: str) -> int:
     finally:
         os.unlink(marker)
     return most
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (which has exited: only its reaping is left)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: the signal check, zombies included
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
