@@ -34,6 +34,13 @@ class Cursor(Protocol):
         """
         ...
 
+    def execute_each_and_commit(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """``execute_each``, then the transaction's COMMIT, sent with the last statements
+        where the server allows. ``fetchall`` returns the last statement's rows. Lost
+        on the way, the COMMIT is ambiguous (``AmbiguousCommitError``): re-read first.
+        """
+        ...
+
     def render_rows(
         self, statement: str, row: str, columns: Sequence[Sequence[Any]]
     ) -> tuple[str, Sequence[Any] | None]:

@@ -191,12 +191,16 @@ CLAIM = (
     "WHERE id = %s AND state = 'queued' AND attempt = %s AND fence < %s "
     "AND (not_after IS NULL OR not_after > NOW(6))"
 )
-# The attempts rows of a claim batch, one statement: {rows} is INSERT_ATTEMPTS_ROW once
-# per claim whose UPDATE matched, joined by ", ".
-INSERT_ATTEMPTS = (
-    "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) VALUES {rows}"
+# The attempts rows of a claim batch, one statement in the claim's packet: a row for
+# each task whose UPDATE just moved it, known by its claim's token on a running row
+# of this node (a reclaimed row keeps its old token, queued). {ids} is one %s per
+# claim; {versions} and {fences} CLAIM_WHEN once per claim.
+INSERT_OUR_ATTEMPTS = (
+    "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version) "
+    "SELECT id, attempt, fence, %s, %s, CASE id {versions} END FROM tasks "
+    "WHERE id IN ({ids}) AND state = 'running' AND owner = %s AND fence = CASE id {fences} END"
 )
-INSERT_ATTEMPTS_ROW = "(%s, %s, %s, %s, %s, %s)"
+CLAIM_WHEN = "WHEN %s THEN %s"
 # The wait runs from when the task was due or, for a reclaimed one (whose run_after
 # is its old place in line), from when its last attempt ended.
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch

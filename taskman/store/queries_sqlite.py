@@ -169,11 +169,12 @@ CLAIM = (
     "WHERE id = %s AND state = 'queued' AND attempt = %s AND fence < %s "
     "AND (not_after IS NULL OR not_after > tm_now())"
 )
-INSERT_ATTEMPTS = (
+INSERT_OUR_ATTEMPTS = (
     "INSERT INTO attempts (task_id, attempt, fence, node, datacenter, plugin_version, started_at) "
-    "VALUES {rows}"
+    "SELECT id, attempt, fence, %s, %s, CASE id {versions} END, tm_now() FROM tasks "
+    "WHERE id IN ({ids}) AND state = 'running' AND owner = %s AND fence = CASE id {fences} END"
 )
-INSERT_ATTEMPTS_ROW = "(%s, %s, %s, %s, %s, %s, tm_now())"
+CLAIM_WHEN = "WHEN %s THEN %s"
 CLAIMED_TASKS = (  # {ids}: one %s per claimed task of a batch
     "SELECT id, attempt, fence, plugin, plugin_version, `function`, args, kwargs, "
     "timeout_seconds, max_attempts, failures, retry_backoff_seconds, abort_requested, limits, "

@@ -159,6 +159,10 @@ class SQLiteCursor:
         """Run statements; the rows each one changed, or the last one's query rows (as MySQL's)."""
         return [self.execute(sql, args) for sql, args in statements]
 
+    def execute_each_and_commit(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """``execute_each``: the transaction's COMMIT follows when the store function returns."""
+        return self.execute_each(statements)
+
     def render_rows(
         self, statement: str, row: str, columns: Sequence[Sequence[Any]]
     ) -> tuple[str, Sequence[Any] | None]:

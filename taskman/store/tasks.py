@@ -267,18 +267,14 @@ class TaskStore(LeaderQueries):
             ]
 
         def fn(cur: Cursor) -> list[Claim | None]:
-            # Each row fenced on its own, the batch in one round trip.
-            won = [
-                bool(n)
-                for n in cur.execute_each([self._claim_one(r, node, datacenter) for r in requests])
+            # Each row fenced on its own; the UPDATEs, the attempts rows of those that
+            # matched, the read-back and the COMMIT in one round trip.
+            statements: list[tuple[str, Sequence[Any]]] = [
+                self._claim_one(r, node, datacenter) for r in requests
             ]
-            if not any(won):
-                return [None] * len(requests)
-            moved = [r for r, ok in zip(requests, won, strict=True) if ok]
-            # The attempts rows of the claims that matched, and the read-back, in one
-            # round trip. Only rows this transaction moved are ours.
-            cur.execute_each([self._attempts_rows(moved, node, datacenter), read_back])
-            return claims(cur.fetchall(), won)
+            statements += [self._attempts_rows(requests, node, datacenter), read_back]
+            counts = cur.execute_each_and_commit(statements)
+            return claims(cur.fetchall(), [bool(n) for n in counts[: len(requests)]])
 
         def reread(cur: Cursor) -> list[Claim | None] | None:
             # A COMMIT is all or nothing: if any row carries its token, the batch
@@ -295,14 +291,22 @@ class TaskStore(LeaderQueries):
         return self.q.CLAIM, (r.fence, node, datacenter, r.task_id, r.seen_attempt, r.fence)
 
     def _attempts_rows(
-        self, moved: list[ClaimRequest], node: str, datacenter: str
+        self, requests: list[ClaimRequest], node: str, datacenter: str
     ) -> tuple[str, list[Any]]:
-        """One INSERT of the attempts rows of the claims whose UPDATE matched."""
-        rows = ", ".join([self.q.INSERT_ATTEMPTS_ROW] * len(moved))
-        params: list[Any] = []
-        for r in moved:
-            params += [r.task_id, r.seen_attempt + 1, r.fence, node, datacenter, r.plugin_version]
-        return self.q.INSERT_ATTEMPTS.format(rows=rows), params
+        """One INSERT of the attempts rows of the tasks the batch's UPDATEs moved: running,
+        ours, with the claim's token (only a reclaimed, queued row keeps an old one)."""
+        when = " ".join([self.q.CLAIM_WHEN] * len(requests))
+        sql = self.q.INSERT_OUR_ATTEMPTS.format(
+            versions=when, fences=when, ids=", ".join(["%s"] * len(requests))
+        )
+        params: list[Any] = [node, datacenter]
+        for r in requests:
+            params += [r.task_id, r.plugin_version]
+        params += [r.task_id for r in requests]
+        params.append(node)
+        for r in requests:
+            params += [r.task_id, r.fence]
+        return sql, params
 
     # -- node: fenced writes ----------------------------------------------------
     def heartbeat(

@@ -591,6 +591,9 @@ def test_a_claim_batch_takes_what_it_can_and_fences_each_task_on_its_own(
     assert _rows(dsn, taken)[0]["owner"] == "n-other"
     assert _rows(dsn, gone)[0]["state"] == "aborted"
     assert [a["fence"] for a in _rows(dsn, free)[1]] == [100]
+    # Attempts rows only for the claims whose UPDATE matched.
+    assert [(a["node"], a["fence"]) for a in _rows(dsn, taken)[1]] == [("n-other", 500)]
+    assert _rows(dsn, gone)[1] == []
 
 
 def test_a_finish_batch_writes_the_current_owners_and_nothing_of_the_stale(
