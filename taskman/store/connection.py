@@ -181,15 +181,7 @@ class MySQLCursor:
         Every value is escaped as ``execute`` escapes it. The server stops at the
         first statement that fails, and its error is raised here.
         """
-        cur = self._cur
-        self._kept = None
-        rendered = [cur.mogrify(sql, args) for sql, args in statements]
-        counts: list[int] = []
-        for chunk in _byte_chunks(rendered, EACH_BATCH_BYTES):
-            counts += self._send(";\n".join(chunk))
-        if len(counts) != len(statements):
-            raise StoreError(f"{len(statements)} statements sent, {len(counts)} answered")
-        return counts
+        return self._each(statements, commit=False)
 
     def execute_each_and_commit(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
         """``execute_each``, with the COMMIT in the last packet: one round trip less.
@@ -199,24 +191,28 @@ class MySQLCursor:
         that carries the COMMIT may have come after it applied: that is
         ``AmbiguousCommitError``, as a connection lost during ``commit()`` is.
         """
+        return self._each(statements, commit=True)
+
+    def _each(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool) -> list[int]:
         cur = self._cur
         self._kept = None
-        chunks = list(
-            _byte_chunks([cur.mogrify(sql, a) for sql, a in statements], EACH_BATCH_BYTES)
-        )
-        chunks = chunks or [[]]
-        chunks[-1].append("COMMIT")
+        rendered = [cur.mogrify(sql, args) for sql, args in statements]
+        chunks = list(_byte_chunks(rendered, EACH_BATCH_BYTES))
+        if commit:
+            chunks = chunks or [[]]
+            chunks[-1].append("COMMIT")
         counts: list[int] = []
         for n, chunk in enumerate(chunks, 1):
             try:
                 counts += self._send(";\n".join(chunk))
             except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
                 mapped = classify(exc)
-                if n == len(chunks) and isinstance(mapped, TransientStoreError):
+                if commit and n == len(chunks) and isinstance(mapped, TransientStoreError):
                     raise AmbiguousCommitError(f"lost with its COMMIT: {mapped}") from exc
                 raise
-        counts.pop()  # the COMMIT's
-        self.committed = True
+        if commit:
+            counts.pop()  # the COMMIT's
+            self.committed = True
         if len(counts) != len(statements):
             raise StoreError(f"{len(statements)} statements sent, {len(counts)} answered")
         return counts
