@@ -130,6 +130,7 @@ class MySQLCursor:
     def query_and_commit(self, query: str, args: Any = None) -> list[dict[str, Any]]:
         """A read that is the whole transaction: the SELECT and its COMMIT in one round trip."""
         cur = self._cur
+        self._kept = None
         cur.execute(cur.mogrify(query, args) + ";\nCOMMIT")
         rows = list(cur.fetchall())
         cur.nextset()  # the COMMIT's answer
